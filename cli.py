@@ -1,0 +1,259 @@
+"""Command line: parse arguments, make one library call, print. `python cli.py --help`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from retrieval.errors import RetrievalError  # noqa: E402
+
+INDEX_OPTION = click.option(
+    "--index", "index_path", required=True, envvar="RETRIEVAL_INDEX", type=click.Path(path_type=Path),
+    help="Index folder (env RETRIEVAL_INDEX).",
+)
+DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user or data error is one line on stderr and exit code 1, never a traceback."""
+    try:
+        yield
+    except RetrievalError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _parse_bytes(text: str) -> float:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 4G or 512M") from None
+
+
+def _parse_columns(pairs: tuple[str, ...]) -> dict[str, str]:
+    columns = {}
+    for pair in pairs:
+        field, sep, name = pair.partition("=")
+        if not sep or not field or not name:
+            raise click.BadParameter(f"{pair!r}: expected FIELD=COLUMN, e.g. text=body", param_hint="--column")
+        columns[field.strip()] = name.strip()
+    return columns
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("--threads", type=int, default=None, help="CPU threads for FAISS and torch (default: all cores).")
+def cli(verbose: int, quiet: bool, threads: int | None) -> None:
+    """Vector search over brand tweets: build an index, find similar tweets, evaluate."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if threads:
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(threads)
+        torch.set_num_threads(threads)
+
+
+@cli.group()
+def index() -> None:
+    """Build, extend, describe and check index folders."""
+
+
+def _embedder_for(model: str, batch_size: int) -> Any:
+    from retrieval.embed import SentenceEmbedder
+
+    return SentenceEmbedder(model, batch_size=batch_size)
+
+
+SOURCE = click.argument("source", type=click.Path(path_type=Path))
+COLUMN_OPTION = click.option(
+    "--column", "columns", multiple=True, metavar="FIELD=COLUMN",
+    help="Map a field (id, text, username, company, date, likes, media) to a column of the file.",
+)
+MISSING_TEXT_OPTION = click.option(
+    "--allow-missing-text", is_flag=True,
+    help="Keep rows that have likes but no text as metadata-only rows (they feed account statistics).",
+)
+
+
+@index.command("build")
+@SOURCE
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Index folder (default indexes/<file stem>).")
+@click.option("--model", default="mpnet", show_default=True, help="mpnet, minilm, or a local sentence-transformers folder.")
+@click.option("--factory", default=None, help="Any FAISS index factory string, e.g. 'IVF100,PQ96x4fs,Refine(SQ8)' (default: chosen from N, d and --memory).")
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True, help="Number of shard files.")
+@click.option("--memory", default="4G", show_default=True, help="Memory budget for the vector codes.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@COLUMN_OPTION
+@MISSING_TEXT_OPTION
+def index_build(source: Path, out: Path | None, model: str, factory: str | None, shards: int, memory: str,
+                batch_size: int, columns: tuple[str, ...], allow_missing_text: bool) -> None:
+    """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx)."""
+    from retrieval.build import build_index
+
+    out = out or Path("indexes") / source.stem
+    with user_errors():
+        report = build_index(
+            source, out, embedder=_embedder_for(model, batch_size), columns=_parse_columns(columns),
+            allow_missing_text=allow_missing_text, factory=factory, shards=shards, memory_budget=_parse_bytes(memory),
+        )
+    m = report.manifest
+    click.echo(f"{out}: {m['factory']}, {len(m['shards'])} shard(s), nprobe {m['nprobe']}, 10-recall@10 {m['recall_at_10']:.3f}")
+    click.echo(report.summary())
+
+
+@index.command("add")
+@SOURCE
+@INDEX_OPTION
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@COLUMN_OPTION
+@MISSING_TEXT_OPTION
+def index_add(source: Path, index_path: Path, batch_size: int, columns: tuple[str, ...], allow_missing_text: bool) -> None:
+    """Append a file's tweets to an index as a new shard, without retraining."""
+    from retrieval.build import add_to_index
+    from retrieval.store import read_manifest
+
+    with user_errors():
+        model = read_manifest(index_path)["embedder"]["name"]
+        report = add_to_index(source, index_path, embedder=_embedder_for(model, batch_size),
+                              columns=_parse_columns(columns), allow_missing_text=allow_missing_text)
+    click.echo(report.summary())
+
+
+@index.command("info")
+@INDEX_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def index_info(index_path: Path, as_json: bool) -> None:
+    """What the manifest and the metadata table hold."""
+    from retrieval.reader import IndexReader
+
+    with user_errors(), IndexReader(index_path) as reader:
+        info = {**reader.manifest, "table": reader.stats()}
+    if as_json:
+        _dump(info)
+        return
+    for key in ("embedder", "factory", "metric", "nprobe", "recall_at_10", "bytes_per_vector", "next_id", "built_at"):
+        click.echo(f"{key:17} {info[key]}")
+    for shard in info["shards"]:
+        click.echo(f"shard            {shard['file']}  ids {shard['first_id']}..{shard['first_id'] + shard['rows'] - 1}  sha256 {shard['sha256'][:12]}")
+    for key, value in info["table"].items():
+        click.echo(f"{key:17} {value}")
+
+
+@index.command("verify")
+@INDEX_OPTION
+def index_verify(index_path: Path) -> None:
+    """Check shard checksums and that every FAISS id has its metadata row."""
+    from retrieval.store import verify
+
+    with user_errors():
+        problems = verify(index_path)
+    if problems:
+        raise click.ClickException(f"{index_path}: " + "; ".join(problems))
+    click.echo(f"{index_path}: ok")
+
+
+def _filters(username: str | None, company: str | None, since: dt.datetime | None, until: dt.datetime | None,
+             min_likes: int | None) -> Any:
+    from retrieval.store import Filters
+
+    if until is not None and until.time() == dt.time(0):
+        until = until + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    return Filters(username=username, company=company, since=since, until=until, min_likes=min_likes)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+@cli.command()
+@click.argument("text", required=False)
+@INDEX_OPTION
+@click.option("--id", "tweet_id", type=int, default=None, help="Query by an indexed tweet's id instead of text.")
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--username", default=None, help="Only tweets from this account.")
+@click.option("--company", default=None, help="Only tweets of this company.")
+@click.option("--since", type=DATE, default=None, help="Only tweets on or after this date.")
+@click.option("--until", type=DATE, default=None, help="Only tweets on or before this date (whole day).")
+@click.option("--min-likes", type=click.IntRange(0), default=None)
+@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists to visit (default: the tuned value).")
+@click.option("--json", "as_json", is_flag=True)
+def similar(text: str | None, index_path: Path, tweet_id: int | None, k: int, username: str | None,
+            company: str | None, since: dt.datetime | None, until: dt.datetime | None, min_likes: int | None,
+            nprobe: int | None, as_json: bool) -> None:
+    """Similar past tweets: nearest neighbours of TEXT (or of --id)."""
+    from retrieval.search import Searcher
+
+    if (text is None) == (tweet_id is None):
+        raise click.UsageError("give either TEXT or --id")
+    filters = _filters(username, company, since, until, min_likes)
+    with user_errors():
+        searcher = Searcher.open(index_path)
+        if tweet_id is not None:
+            hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
+        else:
+            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe)
+    if as_json:
+        _dump([h.to_json() for h in hits])
+        return
+    if not hits:
+        click.echo("no tweets match")
+        return
+    width = shutil.get_terminal_size((120, 20)).columns
+    click.echo(f"{'#':>3} {'score':>6} {'date':10} {'account':18} {'likes':>7}  text")
+    for h in hits:
+        t = h.tweet
+        date = t["date"].strftime("%Y-%m-%d") if t["date"] else "-"
+        likes = "-" if t["likes"] is None else str(t["likes"])
+        head = f"{h.rank:>3} {h.score:6.3f} {date:10} {_cut(t['username'] or '-', 18):18} {likes:>7}  "
+        click.echo(head + _cut(t["content"] or "", width - len(head)))
+
+
+@cli.group("eval")
+def evaluate() -> None:
+    """Measure search quality and speed."""
+
+
+@evaluate.command("search")
+@INDEX_OPTION
+@click.option("--nprobe", type=click.IntRange(1), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def eval_search_cmd(index_path: Path, nprobe: int | None, as_json: bool) -> None:
+    """Recall against exact search (1-recall@1, 10-recall@10), ms per query, bytes per vector."""
+    from retrieval.evaluate import eval_search
+    from retrieval.reader import IndexReader
+
+    with user_errors(), IndexReader(index_path) as reader:
+        result = eval_search(reader, nprobe=nprobe)
+    if as_json:
+        _dump(result)
+        return
+    for key, value in result.items():
+        click.echo(f"{key:22} {value:.4f}" if isinstance(value, float) else f"{key:22} {value}")
+
+
+if __name__ == "__main__":
+    cli()

