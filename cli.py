@@ -16,11 +16,16 @@ from typing import Any
 import click
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model-loading bars; ours stay
 
 from retrieval.errors import RetrievalError  # noqa: E402
 
 INDEX_OPTION = click.option(
-    "--index", "index_path", required=True, envvar="RETRIEVAL_INDEX", type=click.Path(path_type=Path),
+    "--index",
+    "index_path",
+    required=True,
+    envvar="RETRIEVAL_INDEX",
+    type=click.Path(path_type=Path),
     help="Index folder (env RETRIEVAL_INDEX).",
 )
 DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
@@ -89,38 +94,68 @@ def _embedder_for(model: str, batch_size: int) -> Any:
 
 SOURCE = click.argument("source", type=click.Path(path_type=Path))
 COLUMN_OPTION = click.option(
-    "--column", "columns", multiple=True, metavar="FIELD=COLUMN",
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="FIELD=COLUMN",
     help="Map a field (id, text, username, company, date, likes, media) to a column of the file.",
 )
 MISSING_TEXT_OPTION = click.option(
-    "--allow-missing-text", is_flag=True,
+    "--allow-missing-text",
+    is_flag=True,
     help="Keep rows that have likes but no text as metadata-only rows (they feed account statistics).",
 )
 
 
 @index.command("build")
 @SOURCE
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Index folder (default indexes/<file stem>).")
-@click.option("--model", default="mpnet", show_default=True, help="mpnet, minilm, or a local sentence-transformers folder.")
-@click.option("--factory", default=None, help="Any FAISS index factory string, e.g. 'IVF100,PQ96x4fs,Refine(SQ8)' (default: chosen from N, d and --memory).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Index folder (default indexes/<file stem>)."
+)
+@click.option(
+    "--model", default="mpnet", show_default=True, help="mpnet, minilm, or a local sentence-transformers folder."
+)
+@click.option(
+    "--factory",
+    default=None,
+    help="Any FAISS index factory string, e.g. 'IVF100,PQ96x4fs,Refine(SQ8)' (default: chosen from N, d and --memory).",
+)
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True, help="Number of shard files.")
 @click.option("--memory", default="4G", show_default=True, help="Memory budget for the vector codes.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
-def index_build(source: Path, out: Path | None, model: str, factory: str | None, shards: int, memory: str,
-                batch_size: int, columns: tuple[str, ...], allow_missing_text: bool) -> None:
+def index_build(
+    source: Path,
+    out: Path | None,
+    model: str,
+    factory: str | None,
+    shards: int,
+    memory: str,
+    batch_size: int,
+    columns: tuple[str, ...],
+    allow_missing_text: bool,
+) -> None:
     """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx)."""
     from retrieval.build import build_index
 
     out = out or Path("indexes") / source.stem
     with user_errors():
         report = build_index(
-            source, out, embedder=_embedder_for(model, batch_size), columns=_parse_columns(columns),
-            allow_missing_text=allow_missing_text, factory=factory, shards=shards, memory_budget=_parse_bytes(memory),
+            source,
+            out,
+            embedder=_embedder_for(model, batch_size),
+            columns=_parse_columns(columns),
+            allow_missing_text=allow_missing_text,
+            factory=factory,
+            shards=shards,
+            memory_budget=_parse_bytes(memory),
         )
     m = report.manifest
-    click.echo(f"{out}: {m['factory']}, {len(m['shards'])} shard(s), nprobe {m['nprobe']}, 10-recall@10 {m['recall_at_10']:.3f}")
+    click.echo(
+        f"{out}: {m['factory']}, {len(m['shards'])} shard(s), nprobe {m['nprobe']}, "
+        f"10-recall@10 {m['recall_at_10']:.3f}"
+    )
     click.echo(report.summary())
 
 
@@ -130,15 +165,22 @@ def index_build(source: Path, out: Path | None, model: str, factory: str | None,
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
-def index_add(source: Path, index_path: Path, batch_size: int, columns: tuple[str, ...], allow_missing_text: bool) -> None:
+def index_add(
+    source: Path, index_path: Path, batch_size: int, columns: tuple[str, ...], allow_missing_text: bool
+) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
     from retrieval.build import add_to_index
     from retrieval.store import read_manifest
 
     with user_errors():
         model = read_manifest(index_path)["embedder"]["name"]
-        report = add_to_index(source, index_path, embedder=_embedder_for(model, batch_size),
-                              columns=_parse_columns(columns), allow_missing_text=allow_missing_text)
+        report = add_to_index(
+            source,
+            index_path,
+            embedder=_embedder_for(model, batch_size),
+            columns=_parse_columns(columns),
+            allow_missing_text=allow_missing_text,
+        )
     click.echo(report.summary())
 
 
@@ -157,7 +199,10 @@ def index_info(index_path: Path, as_json: bool) -> None:
     for key in ("embedder", "factory", "metric", "nprobe", "recall_at_10", "bytes_per_vector", "next_id", "built_at"):
         click.echo(f"{key:17} {info[key]}")
     for shard in info["shards"]:
-        click.echo(f"shard            {shard['file']}  ids {shard['first_id']}..{shard['first_id'] + shard['rows'] - 1}  sha256 {shard['sha256'][:12]}")
+        click.echo(
+            f"shard            {shard['file']}  ids {shard['first_id']}..{shard['first_id'] + shard['rows'] - 1}"
+            f"  sha256 {shard['sha256'][:12]}"
+        )
     for key, value in info["table"].items():
         click.echo(f"{key:17} {value}")
 
@@ -175,8 +220,13 @@ def index_verify(index_path: Path) -> None:
     click.echo(f"{index_path}: ok")
 
 
-def _filters(username: str | None, company: str | None, since: dt.datetime | None, until: dt.datetime | None,
-             min_likes: int | None) -> Any:
+def _filters(
+    username: str | None,
+    company: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    min_likes: int | None,
+) -> Any:
     from retrieval.store import Filters
 
     if until is not None and until.time() == dt.time(0):
@@ -201,9 +251,19 @@ def _cut(text: str, width: int) -> str:
 @click.option("--min-likes", type=click.IntRange(0), default=None)
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists to visit (default: the tuned value).")
 @click.option("--json", "as_json", is_flag=True)
-def similar(text: str | None, index_path: Path, tweet_id: int | None, k: int, username: str | None,
-            company: str | None, since: dt.datetime | None, until: dt.datetime | None, min_likes: int | None,
-            nprobe: int | None, as_json: bool) -> None:
+def similar(
+    text: str | None,
+    index_path: Path,
+    tweet_id: int | None,
+    k: int,
+    username: str | None,
+    company: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    min_likes: int | None,
+    nprobe: int | None,
+    as_json: bool,
+) -> None:
     """Similar past tweets: nearest neighbours of TEXT (or of --id)."""
     from retrieval.search import Searcher
 

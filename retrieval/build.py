@@ -47,7 +47,14 @@ def _embed(embedder: Embedder, table: pa.Table, progress: bool) -> tuple[np.ndar
     return embedder.encode(texts, progress=progress), has_text
 
 
-def _report(loaded: LoadResult, kept: pa.Table, has_vector: np.ndarray, rejects: list[Reject], folder: Path, manifest: dict[str, Any]) -> BuildReport:
+def _report(
+    loaded: LoadResult,
+    kept: pa.Table,
+    has_vector: np.ndarray,
+    rejects: list[Reject],
+    folder: Path,
+    manifest: dict[str, Any],
+) -> BuildReport:
     rejects_path = None
     if rejects:
         rejects_path = folder / "rejects.jsonl"
@@ -109,7 +116,9 @@ def add_to_index(
     if embedder is None:
         embedder = SentenceEmbedder(manifest["embedder"]["name"])
     if embedder.dim != manifest["embedder"]["dim"]:
-        raise RetrievalError(f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d")
+        raise RetrievalError(
+            f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d"
+        )
     vectors, has_vector = _embed(embedder, table, progress)
     manifest = store.add(path, vectors, table, has_vector, source=str(source))
     return _report(loaded, table, has_vector, rejects, path, manifest)

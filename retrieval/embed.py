@@ -50,9 +50,7 @@ def _mpnet_chunks() -> list[Path]:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
-            raise ModelMissing(
-                f"MPNet is not installed: package {dist_name} is missing (run ./setup.sh)"
-            ) from None
+            raise ModelMissing(f"MPNet is not installed: package {dist_name} is missing (run ./setup.sh)") from None
         files = [f for f in dist.files or [] if ".zip.00" in f.name]
         if not files:
             raise ModelMissing(f"package {dist_name} holds no model chunk; reinstall it")

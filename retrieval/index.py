@@ -110,9 +110,7 @@ def train(factory: str, d: int, sample: np.ndarray) -> faiss.Index:
         raise RetrievalError(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[0]}") from None
     if not index.is_trained:
         if len(sample) < _nlist_of(factory):
-            raise RetrievalError(
-                f"{factory!r} needs at least {_nlist_of(factory)} vectors to train, got {len(sample)}"
-            )
+            raise RetrievalError(f"{factory!r} needs at least {_nlist_of(factory)} vectors to train, got {len(sample)}")
         _train_on_best_device(index, sample)
     refine = faiss.downcast_index(index)
     if isinstance(refine, faiss.IndexRefine) and refine.k_factor == 1:

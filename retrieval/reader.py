@@ -12,7 +12,7 @@ import numpy as np
 
 from retrieval import index as fx
 from retrieval.errors import IndexCorrupt
-from retrieval.store import COLUMNS, Filters, open_shards, read_manifest
+from retrieval.store import COLUMNS, SELECT_COLUMNS, Filters, open_shards, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class IndexReader:
         if not vec_ids:
             return []
         cursor = self.con.execute(
-            f"SELECT {', '.join(chr(34) + c + chr(34) for c in COLUMNS)} FROM tweets WHERE vec_id IN (SELECT unnest(?))",
+            f"SELECT {SELECT_COLUMNS} FROM tweets WHERE vec_id IN (SELECT unnest(?))",
             [list(vec_ids)],
         )
         by_id = {r[0]: dict(zip(COLUMNS, r)) for r in cursor.fetchall()}

@@ -37,7 +37,8 @@ class Searcher:
     def __init__(self, reader: IndexReader, embedder: Embedder) -> None:
         if embedder.dim != reader.embedder["dim"]:
             raise RetrievalError(
-                f"{reader.path}: index holds {reader.embedder['dim']}-d vectors, embedder {embedder.name} gives {embedder.dim}-d"
+                f"{reader.path}: index holds {reader.embedder['dim']}-d vectors, "
+                f"embedder {embedder.name} gives {embedder.dim}-d"
             )
         self.reader = reader
         self.embedder = embedder

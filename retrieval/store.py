@@ -48,7 +48,20 @@ CREATE TABLE tweets (
     source VARCHAR,
     "row" BIGINT
 )"""
-COLUMNS = ("vec_id", "has_vector", "tweet_id", "date", "username", "company", "likes", "content", "media", "source", "row")
+COLUMNS = (
+    "vec_id",
+    "has_vector",
+    "tweet_id",
+    "date",
+    "username",
+    "company",
+    "likes",
+    "content",
+    "media",
+    "source",
+    "row",
+)
+SELECT_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,9 @@ def _write_shard(folder: Path, number: int, shard: faiss.Index, first_id: int) -
     return {"file": name, "first_id": first_id, "rows": int(shard.ntotal), "sha256": sha256(folder / name)}
 
 
-def _write_table(folder: Path, table: pa.Table, has_vector: np.ndarray, first_id: int, source: str, fresh: bool) -> None:
+def _write_table(
+    folder: Path, table: pa.Table, has_vector: np.ndarray, first_id: int, source: str, fresh: bool
+) -> None:
     """Append rows to meta.duckdb with vec_ids first_id.. in table order."""
     n = table.num_rows
     rows = table.append_column("vec_id", pa.array(np.arange(first_id, first_id + n, dtype=np.int64)))
@@ -129,11 +144,7 @@ def _write_table(folder: Path, table: pa.Table, has_vector: np.ndarray, first_id
         if fresh:
             con.execute(TABLE_SQL)
         con.register("incoming", rows)
-        con.execute(f"INSERT INTO tweets SELECT {', '.join(map(_quote, COLUMNS))} FROM incoming")
-
-
-def _quote(column: str) -> str:
-    return f'"{column}"'
+        con.execute(f"INSERT INTO tweets SELECT {SELECT_COLUMNS} FROM incoming")
 
 
 def _order_vectors_first(table: pa.Table, has_vector: np.ndarray) -> tuple[pa.Table, np.ndarray]:
@@ -187,9 +198,7 @@ def build(
     log.info("training %s on %d vectors", factory, len(vectors))
     trained = fx.train(factory, d, fx.training_sample(vectors, factory))
     with atomic_folder(out) as tmp:
-        built = []
-        for number, (a, b) in enumerate(_split(len(vectors), shards)):
-            built.append(fx.Shard(fx.new_shard(trained, vectors[a:b]), a))
+        built = [fx.Shard(fx.new_shard(trained, vectors[a:b]), a) for a, b in _split(len(vectors), shards)]
         queries, truth = _eval_truth(tmp, vectors)
         nprobe, recall = fx.tune_nprobe(built, queries, truth[1])
         manifest = {
@@ -202,7 +211,7 @@ def build(
             "bytes_per_vector": fx.bytes_per_vector(trained),
             "shards": [_write_shard(tmp, i, s.index, s.first_id) for i, s in enumerate(built)],
             "next_id": table.num_rows,
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         faiss.write_index(trained, str(tmp / "trained.faiss"))
         _save_eval(tmp, queries, truth)
@@ -211,7 +220,9 @@ def build(
     return manifest
 
 
-def add(path: Path, vectors: np.ndarray, table: pa.Table, has_vector: np.ndarray, *, source: str = "") -> dict[str, Any]:
+def add(
+    path: Path, vectors: np.ndarray, table: pa.Table, has_vector: np.ndarray, *, source: str = ""
+) -> dict[str, Any]:
     """Append rows as one new shard, cloned from the trained empty index: no retraining."""
     manifest = read_manifest(path)
     table, has_vector = _order_vectors_first(table, has_vector)
@@ -240,7 +251,7 @@ def add(path: Path, vectors: np.ndarray, table: pa.Table, has_vector: np.ndarray
             manifest.update(nprobe=nprobe, recall_at_10=round(recall, 4))
         _write_table(tmp, table, has_vector, first_id, source, fresh=False)
         manifest["next_id"] = first_id + table.num_rows
-        manifest["updated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        manifest["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         _write_manifest(tmp, manifest)
     return manifest
 

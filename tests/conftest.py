@@ -19,6 +19,7 @@ LABELLED = SHARED_DATA / "adobe_labelled.parquet"
 def offline_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No hub, and a private cache folder shared by the session (MPNet is assembled once)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("RETRIEVAL_HOME", str(tmp_path_factory.getbasetemp() / "home"))
 
 
@@ -45,3 +46,13 @@ def clustered() -> np.ndarray:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6000, 8)).astype("float32") @ rng.standard_normal((8, 64)).astype("float32")
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def minilm_index(tmp_path_factory: pytest.TempPathFactory, sample_parquet: Path, minilm) -> Path:
+    """600 real tweets embedded once with MiniLM into an exact index."""
+    from retrieval.build import build_index
+
+    out = tmp_path_factory.mktemp("indexes") / "sample"
+    build_index(sample_parquet, out, embedder=minilm, progress=False)
+    return out

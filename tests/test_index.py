@@ -43,7 +43,10 @@ def test_sharded_ivfpq_reaches_recall_target(clustered: np.ndarray) -> None:
 
 def test_sharded_flat_equals_exact(clustered: np.ndarray) -> None:
     trained = fx.train("Flat", 64, clustered)
-    shards = [fx.Shard(fx.new_shard(trained, clustered[:2500]), 0), fx.Shard(fx.new_shard(trained, clustered[2500:]), 2500)]
+    shards = [
+        fx.Shard(fx.new_shard(trained, clustered[:2500]), 0),
+        fx.Shard(fx.new_shard(trained, clustered[2500:]), 2500),
+    ]
     scores, ids = fx.search(shards, clustered[:20], 5, nprobe=1)
     exact_scores, exact_ids = fx.exact_search(clustered, clustered[:20], 5)
     np.testing.assert_array_equal(ids, exact_ids)

@@ -37,8 +37,15 @@ def test_build_writes_the_documented_folder(tmp_path: Path, vectors: np.ndarray,
     manifest = _build(tmp_path / "idx", vectors, tweets, factory="IVF8,PQ16x4fs,Refine(SQ8)", shards=3)
     files = sorted(p.relative_to(tmp_path / "idx").as_posix() for p in (tmp_path / "idx").rglob("*") if p.is_file())
     assert files == [
-        "eval/queries.npy", "eval/truth_ids.npy", "eval/truth_scores.npy", "manifest.json", "meta.duckdb",
-        "shards/0000.faiss", "shards/0001.faiss", "shards/0002.faiss", "trained.faiss",
+        "eval/queries.npy",
+        "eval/truth_ids.npy",
+        "eval/truth_scores.npy",
+        "manifest.json",
+        "meta.duckdb",
+        "shards/0000.faiss",
+        "shards/0001.faiss",
+        "shards/0002.faiss",
+        "trained.faiss",
     ]
     assert [s["rows"] for s in manifest["shards"]] == [200, 200, 200]
     assert [s["first_id"] for s in manifest["shards"]] == [0, 200, 400]

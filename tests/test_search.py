@@ -1,0 +1,51 @@
+"""Similar past tweets on real tweets with a real (small) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from retrieval.errors import RetrievalError
+from retrieval.search import Searcher
+from retrieval.store import Filters
+
+
+@pytest.fixture(scope="module")
+def searcher(minilm_index: Path, minilm) -> Searcher:
+    return Searcher.open(minilm_index, embedder=minilm)
+
+
+def test_text_query_finds_the_tweet_it_paraphrases(searcher: Searcher, sample_parquet: Path) -> None:
+    original = pq.read_table(sample_parquet).column("content")[42].as_py()
+    hits = searcher.similar(original.replace("&amp;", "&"), k=3)
+    assert hits[0].tweet["tweet_id"] == 43
+    assert hits[0].score > 0.95
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_username_filter_returns_only_that_account(searcher: Searcher) -> None:
+    hits = searcher.similar("a new store opening", k=5, filters=Filters(username="walmartworld"))
+    assert len(hits) >= 3
+    assert {h.tweet["username"] for h in hits} == {"WalmartWorld"}
+
+
+def test_query_by_id_leaves_the_tweet_out(searcher: Searcher) -> None:
+    hits = searcher.similar_to_tweet(7, k=5)
+    assert len(hits) == 5
+    assert 7 not in {h.tweet["tweet_id"] for h in hits}
+
+
+def test_bad_queries_are_one_line_errors(searcher: Searcher) -> None:
+    with pytest.raises(RetrievalError, match="empty"):
+        searcher.similar("   ")
+    with pytest.raises(RetrievalError, match="no tweet with id 999999"):
+        searcher.similar_to_tweet(999999)
+
+
+def test_hit_json_is_plain_data(searcher: Searcher) -> None:
+    hit = searcher.similar("coffee", k=1)[0].to_json()
+    assert set(hit) >= {"rank", "score", "tweet_id", "date", "username", "company", "likes", "content", "media"}
+    assert isinstance(hit["media"], list) and isinstance(hit["date"], str)
