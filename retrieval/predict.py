@@ -1,0 +1,495 @@
+"""Likes prediction: the account's own history, corrected by a weighted kNN over similar past tweets.
+
+Public work on this data found that the account matters more than the words, so the
+estimate starts from the account and lets the text move it. On y = log1p(likes):
+
+    company prior  m_c = (S_c + lc * b) / (n_c + lc)        b: global mean, pulled towards
+    account prior  m_a = (S_a + la * m_c) / (n_a + la)         the raw level of the neighbours
+    weights        w_j = softmax(cos_j / T + log(boost) * [account_j == account])
+    residuals      r_j = y_j - m_{a_j, -j}                     (neighbour's own prior, itself left out)
+    estimate       y^ = m_a + blend * sum_j w_j r_j
+    80% interval   y^ + scale * (Q_w(r, 0.1) - sum_j w_j r_j,  Q_w(r, 0.9) - sum_j w_j r_j)
+
+S and n are sums of y and counts over every tweet with likes the history may see,
+metadata-only rows (likes without text) included, so those feed the priors without
+being neighbours. A residual is measured against the neighbour's own account, so CNN's
+thousands of likes say "this kind of text does well for its account", not "expect
+thousands". A new account falls back to its company, then to the level of tweets like
+it. Time: a dated query sees only tweets dated strictly before it (undated tweets are
+left out, since nothing proves they came earlier); an undated query sees every tweet.
+
+Two histories give the neighbours and the sums: `IndexHistory` (FAISS + DuckDB) and
+`ArrayHistory` (numpy, for cross-validation); `combine` does the rest for both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from retrieval.errors import RetrievalError
+from retrieval.reader import IndexReader
+from retrieval.store import Filters
+
+log = logging.getLogger(__name__)
+
+_STATS_CACHE = 64
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Predictor settings; the defaults were tuned by 5-fold CV on adobe_labelled (docs/likes.md)."""
+
+    k: int = 50
+    """Content neighbours from all accounts."""
+    k_account: int = 10
+    """Extra neighbours from the query's own account (the account matters more than the words)."""
+    temperature: float = 0.1
+    """Softmax temperature over cosine similarities: lower trusts the closest tweets more."""
+    account_boost: float = 1.0
+    """Weight multiplier for neighbours from the query's own account."""
+    blend: float = 0.5
+    """Share of the neighbours' mean residual added to the account prior."""
+    account_shrink: float = 3.0
+    """Pseudo-count pulling an account's mean towards its company's."""
+    company_shrink: float = 10.0
+    """Pseudo-count pulling a company's mean towards the base level."""
+    content_level: float = 0.5
+    """How far the base level moves from the global mean towards the neighbours' raw mean."""
+    interval_scale: float = 1.0
+    """Residual-scale factor of the interval, tuned so 80% intervals cover about 80%."""
+    level: float = 0.8
+    """Nominal coverage of the interval."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.k_account < 0:
+            raise RetrievalError(f"k must be >= 1 and k_account >= 0, got {self.k} and {self.k_account}")
+        if self.temperature <= 0 or self.account_boost <= 0 or self.interval_scale <= 0:
+            raise RetrievalError("temperature, account_boost and interval_scale must be positive")
+        if not 0 < self.level < 1:
+            raise RetrievalError(f"level must be in (0, 1), got {self.level}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is known about the tweet besides its text."""
+
+    username: str | None
+    company: str | None = None
+    date: dt.datetime | None = None
+
+
+def _key(name: str | None) -> str | None:
+    return name.strip().lower() if name and name.strip() else None
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The account's expected log1p(likes) before looking at the text, and where it came from."""
+
+    value: float
+    source: str
+    """account, company or base: the most specific level that had tweets."""
+    account_tweets: int
+    company_tweets: int
+    company: str | None
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Counts and sums of log1p(likes) per account and company, over what one query may see."""
+
+    accounts: Mapping[str, tuple[int, float]]
+    companies: Mapping[str, tuple[int, float]]
+    account_company: Mapping[str, str]
+    count: int
+    total: float
+    total_sq: float
+
+    @classmethod
+    def from_groups(
+        cls, groups: Sequence[tuple[str | None, str | None, int, float, float]], account_company: Mapping[str, str]
+    ) -> GroupStats:
+        """Fold (account, company, n, sum, sum of squares) groups into per-level sums."""
+        accounts: dict[str, tuple[int, float]] = {}
+        companies: dict[str, tuple[int, float]] = {}
+        for user, company, n, total, _ in groups:
+            for table, name in ((accounts, user), (companies, company)):
+                if name is not None:
+                    old_n, old_total = table.get(name, (0, 0.0))
+                    table[name] = (old_n + int(n), old_total + float(total))
+        count = sum(int(g[2]) for g in groups)
+        return cls(
+            accounts,
+            companies,
+            account_company,
+            count,
+            sum(float(g[3]) for g in groups),
+            sum(float(g[4]) for g in groups),
+        )
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.total_sq / self.count - self.mean**2, 0.0)) if self.count else 1.0
+
+    def prior(
+        self,
+        username: str | None,
+        company: str | None,
+        base: float,
+        config: PredictConfig,
+        leave_out: float | None = None,
+    ) -> Prior:
+        """Shrunk account mean over company mean over base; `leave_out` removes one tweet of both."""
+        user = _key(username)
+        comp = _key(company) or (self.account_company.get(user) if user else None)
+        n_a, s_a = self.accounts.get(user, (0, 0.0)) if user else (0, 0.0)
+        n_c, s_c = self.companies.get(comp, (0, 0.0)) if comp else (0, 0.0)
+        if leave_out is not None:
+            n_a, s_a = (n_a - 1, s_a - leave_out) if n_a else (0, 0.0)
+            n_c, s_c = (n_c - 1, s_c - leave_out) if n_c else (0, 0.0)
+        m_c = (s_c + config.company_shrink * base) / (n_c + config.company_shrink)
+        m_a = (s_a + config.account_shrink * m_c) / (n_a + config.account_shrink)
+        source = "account" if n_a > 0 else "company" if n_c > 0 else "base"
+        return Prior(m_a, source, n_a, n_c, comp)
+
+
+@dataclass(frozen=True)
+class Found:
+    """Neighbours of one query: ids, cosines, log1p(likes), accounts; rows when the history has them."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    values: np.ndarray
+    usernames: list[str | None]
+    companies: list[str | None]
+    rows: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One tweet that drove a prediction: its weight (all weights sum to 1) and what it implies."""
+
+    vec_id: int
+    score: float
+    weight: float
+    likes: int
+    residual: float
+    same_account: bool
+    tweet: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        date = self.tweet.get("date")
+        return {
+            "vec_id": self.vec_id,
+            "weight": round(self.weight, 4),
+            "score": round(self.score, 4),
+            "likes": self.likes,
+            "residual_log1p": round(self.residual, 4),
+            "same_account": self.same_account,
+            "date": date.isoformat() if date else None,
+            "username": self.tweet.get("username"),
+            "content": self.tweet.get("content"),
+        }
+
+
+@dataclass(frozen=True)
+class LikesPrediction:
+    """Point estimate and interval on log1p(likes), the prior behind them and the neighbours."""
+
+    log_likes: float
+    log_low: float
+    log_high: float
+    prior: Prior
+    adjustment: float
+    neighbours: list[Neighbour]
+
+    @property
+    def likes(self) -> float:
+        return math.expm1(self.log_likes)
+
+    @property
+    def low(self) -> float:
+        return math.expm1(self.log_low)
+
+    @property
+    def high(self) -> float:
+        return math.expm1(self.log_high)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "likes": round(self.likes, 1),
+            "interval_80": [round(self.low, 1), round(self.high, 1)],
+            "log1p_likes": round(self.log_likes, 4),
+            "log1p_interval": [round(self.log_low, 4), round(self.log_high, 4)],
+            "prior": {
+                "log1p_likes": round(self.prior.value, 4),
+                "source": self.prior.source,
+                "account_tweets": self.prior.account_tweets,
+                "company": self.prior.company,
+                "company_tweets": self.prior.company_tweets,
+            },
+            "adjustment_log1p": round(self.adjustment, 4),
+            "neighbours": [n.to_json() for n in self.neighbours],
+        }
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """Quantiles of a weighted sample, interpolated between weight midpoints (smooth in q)."""
+    assert values.shape == weights.shape and (weights > 0).any()
+    order = np.argsort(values, kind="stable")
+    order = order[weights[order] > 0]
+    v, w = values[order], weights[order]
+    cdf = (np.cumsum(w) - 0.5 * w) / w.sum()
+    return np.interp(np.asarray(q, dtype=float), cdf, v)
+
+
+def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig) -> LikesPrediction:
+    """The estimate, interval and explanation from one query's neighbours and visible sums.
+
+    Both histories end here, so cross-validation measures exactly what `predict` answers.
+    """
+    user = _key(query.username)
+    same = np.array([_key(u) == user and user is not None for u in found.usernames], dtype=bool)
+    tail = (1 - config.level) / 2
+    if len(found.ids):
+        logits = found.scores / config.temperature + np.where(same, math.log(config.account_boost), 0.0)
+        weights = np.exp(logits - logits.max())
+        weights /= weights.sum()
+        own = [
+            stats.prior(u, c, stats.mean, config, leave_out=float(y)).value
+            for u, c, y in zip(found.usernames, found.companies, found.values)
+        ]
+        residuals = found.values - np.array(own)
+        shift = float(weights @ residuals)
+        base = stats.mean + config.content_level * (float(weights @ found.values) - stats.mean)
+    else:
+        weights = residuals = np.zeros(0)
+        shift, base = 0.0, stats.mean
+    prior = stats.prior(query.username, query.company, base, config)
+    point = prior.value + config.blend * shift
+    if len(found.ids) >= 2:
+        low, high = (weighted_quantile(residuals, weights, [tail, 1 - tail]) - shift) * config.interval_scale
+    else:  # too few neighbours for quantiles: a normal interval with the visible spread
+        z = _normal_quantile(1 - tail) * stats.std * config.interval_scale
+        low, high = -z, z
+    rows = found.rows or [{} for _ in found.ids]
+    neighbours = [
+        Neighbour(int(i), float(s), float(w), int(round(math.expm1(y))), float(r), bool(o), row)
+        for i, s, w, y, r, o, row in zip(found.ids, found.scores, weights, found.values, residuals, same, rows)
+    ]
+    neighbours.sort(key=lambda n: -n.weight)
+    return LikesPrediction(
+        log_likes=max(point, 0.0),
+        log_low=max(point + min(float(low), 0.0), 0.0),
+        log_high=max(point + max(float(high), 0.0), 0.0),
+        prior=prior,
+        adjustment=config.blend * shift,
+        neighbours=neighbours,
+    )
+
+
+def _normal_quantile(p: float) -> float:
+    """Inverse standard normal CDF by bisection on erf: exact enough, no scipy needed."""
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+class History(Protocol):
+    """Where past tweets come from: their neighbours by text, and sums by account and company."""
+
+    def check(self, query: Query) -> None: ...
+
+    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found: ...
+
+    def stats(self, cutoff: dt.datetime | None) -> GroupStats: ...
+
+
+def predict_likes(
+    history: History, vectors: np.ndarray, queries: Sequence[Query], config: PredictConfig | None = None
+) -> list[LikesPrediction]:
+    """One prediction per (vector, query) pair: vectors are L2-normalised text embeddings."""
+    config = config or PredictConfig()
+    if len(vectors) != len(queries):
+        raise RetrievalError(f"{len(vectors)} vectors for {len(queries)} queries")
+    out = []
+    for vector, query in zip(np.asarray(vectors, dtype=np.float32), queries):
+        history.check(query)
+        out.append(combine(history.neighbours(vector, query, config), history.stats(query.date), query, config))
+    return out
+
+
+class IndexHistory:
+    """Past tweets from an index: neighbours through FAISS (time filter as an id selector),
+    sums by SQL over every row with likes, metadata-only rows included."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        self.reader = reader
+        (count, first) = reader.con.execute(
+            "SELECT count(likes), min(date) FILTER (likes IS NOT NULL) FROM tweets"
+        ).fetchone()
+        if not count:
+            raise RetrievalError(f"{reader.path}: the index holds no tweets with likes, so it cannot predict them")
+        self.first_date: dt.datetime | None = first
+        pairs = reader.con.execute(
+            "SELECT lower(username), arg_max(lower(company), n) FROM (SELECT username, company, count(*) AS n"
+            " FROM tweets WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL) GROUP BY 1"
+        ).fetchall()
+        self.account_company = dict(pairs)
+        self._stats: dict[dt.datetime | None, GroupStats] = {}
+
+    def check(self, query: Query) -> None:
+        if query.date is not None and (self.first_date is None or query.date <= self.first_date):
+            since = f"its first dated tweet is from {self.first_date:%Y-%m-%d}" if self.first_date else "none is dated"
+            raise RetrievalError(
+                f"{self.reader.path}: no tweets with likes before {query.date:%Y-%m-%d %H:%M} ({since});"
+                " give a later --date or none"
+            )
+
+    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
+        until = query.date - dt.timedelta(microseconds=1) if query.date else None
+        found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0))[0]
+        if config.k_account and _key(query.username):
+            own = Filters(username=query.username, until=until, min_likes=0)
+            seen = {i for i, _ in found}
+            found += [h for h in self.reader.search(vector[None], config.k_account, filters=own)[0] if h[0] not in seen]
+        rows = self.reader.rows([i for i, _ in found])
+        return Found(
+            ids=np.array([r["vec_id"] for r in rows], dtype=np.int64),
+            scores=np.array([s for _, s in found], dtype=np.float64),
+            values=np.log1p(np.array([r["likes"] for r in rows], dtype=np.float64)),
+            usernames=[r["username"] for r in rows],
+            companies=[r["company"] for r in rows],
+            rows=rows,
+        )
+
+    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
+        if cutoff not in self._stats:
+            where, params = ("AND date < ?", [cutoff]) if cutoff else ("", [])
+            groups = self.reader.con.execute(
+                "SELECT lower(username), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
+                f" FROM tweets WHERE likes IS NOT NULL {where} GROUP BY 1, 2",
+                params,
+            ).fetchall()
+            if len(self._stats) >= _STATS_CACHE:
+                self._stats.clear()
+            self._stats[cutoff] = GroupStats.from_groups(groups, self.account_company)
+        return self._stats[cutoff]
+
+
+class ArrayHistory:
+    """Past tweets held in memory with exact kNN: cross-validation folds without building indexes.
+
+    `visible` hides rows (a fold's own tweets); rows without likes are dropped on the way in.
+    """
+
+    def __init__(self, table: pa.Table, vectors: np.ndarray, visible: np.ndarray | None = None) -> None:
+        """`table` has TWEET_SCHEMA columns; `vectors` holds one row per table row with content."""
+        has_vector = np.asarray(table.column("content").is_valid(), dtype=bool)
+        if len(vectors) != has_vector.sum():
+            raise RetrievalError(f"{len(vectors)} vectors for {int(has_vector.sum())} rows with text")
+        likes = table.column("likes").to_numpy(zero_copy_only=False)
+        keep = ~np.isnan(likes.astype(np.float64))
+        self.table = table.filter(pa.array(keep))
+        self.values = np.log1p(likes[keep].astype(np.float64))
+        self.vectors = np.ascontiguousarray(vectors[keep[has_vector]], dtype=np.float32)
+        self.vector_rows = np.flatnonzero(has_vector[keep])
+        self.dates = self.table.column("date").to_numpy(zero_copy_only=False).astype("datetime64[us]")
+        self.usernames = [_key(u) for u in self.table.column("username").to_pylist()]
+        self.companies = [_key(c) for c in self.table.column("company").to_pylist()]
+        self.account_names, self.account_codes = _codes(self.usernames)
+        self.company_names, self.company_codes = _codes(self.companies)
+        pairs: dict[str, dict[str, int]] = {}
+        for u, c in zip(self.usernames, self.companies):
+            if u and c:
+                pairs.setdefault(u, {}).setdefault(c, 0)
+                pairs[u][c] += 1
+        self.account_company = {u: max(counts, key=counts.__getitem__) for u, counts in pairs.items()}
+        self.visible = np.ones(len(self.values), bool) if visible is None else visible
+        self._stats: dict[dt.datetime | None, GroupStats] = {}
+
+    def restrict(self, visible: np.ndarray) -> ArrayHistory:
+        """The same history with only `visible` rows (a boolean mask over its rows) seen."""
+        other = object.__new__(ArrayHistory)
+        other.__dict__.update(self.__dict__)
+        other.visible = self.visible & visible
+        other._stats = {}
+        return other
+
+    def seen(self, cutoff: dt.datetime | None) -> np.ndarray:
+        """Rows a query at `cutoff` may use: visible, and dated before it when it is dated."""
+        if cutoff is None:
+            return self.visible
+        return self.visible & (self.dates < np.datetime64(cutoff, "us"))
+
+    def check(self, query: Query) -> None:
+        if not self.seen(query.date).any():
+            raise RetrievalError(f"no tweets with likes before {query.date}")
+
+    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
+        allowed = self.seen(query.date)[self.vector_rows]
+        scores = np.where(allowed, self.vectors @ vector, -np.inf)
+        picked = list(_top(scores, config.k))
+        user = _key(query.username)
+        if config.k_account and user in self.account_names:
+            own = self.account_codes[self.vector_rows] == self.account_names[user]
+            picked += [i for i in _top(np.where(own, scores, -np.inf), config.k_account) if i not in set(picked)]
+        rows = self.vector_rows[picked]
+        return Found(
+            ids=rows.astype(np.int64),
+            scores=scores[picked].astype(np.float64),
+            values=self.values[rows],
+            usernames=[self.usernames[r] for r in rows],
+            companies=[self.companies[r] for r in rows],
+        )
+
+    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
+        if cutoff not in self._stats:
+            seen = self.seen(cutoff)
+            y = self.values[seen]
+            a = self.account_codes[seen]
+            c = self.company_codes[seen]
+            accounts = _sums(self.account_names, a, y)
+            companies = _sums(self.company_names, c, y)
+            if len(self._stats) >= _STATS_CACHE:
+                self._stats.clear()
+            self._stats[cutoff] = GroupStats(
+                accounts, companies, self.account_company, len(y), float(y.sum()), float((y**2).sum())
+            )
+        return self._stats[cutoff]
+
+
+def _codes(names: list[str | None]) -> tuple[dict[str, int], np.ndarray]:
+    mapping: dict[str, int] = {}
+    codes = np.array([-1 if n is None else mapping.setdefault(n, len(mapping)) for n in names], dtype=np.int64)
+    return mapping, codes
+
+
+def _sums(names: Mapping[str, int], codes: np.ndarray, y: np.ndarray) -> dict[str, tuple[int, float]]:
+    known = codes >= 0
+    counts = np.bincount(codes[known], minlength=len(names))
+    totals = np.bincount(codes[known], weights=y[known], minlength=len(names))
+    return {name: (int(counts[i]), float(totals[i])) for name, i in names.items() if counts[i]}
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best finite scores, best first."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
