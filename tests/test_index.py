@@ -14,7 +14,8 @@ def test_parameters_follow_size_and_memory() -> None:
     big = fx.choose_factory(1_000_000, 768)
     assert big.startswith("IVF4096,") and big.endswith(",Flat")
     assert fx.choose_factory(1_000_000, 768, memory_budget=1 * 2**30) == "IVF4096,SQ8"
-    assert fx.choose_factory(1_000_000, 768, memory_budget=0.5 * 2**30).endswith("Refine(SQ4)")
+    assert fx.choose_factory(1_000_000, 768, memory_budget=0.6 * 2**30) == "IVF4096,SQ6"
+    assert fx.choose_factory(1_000_000, 768, memory_budget=0.1 * 2**30) == "IVF4096,PQ192x4fs"
     assert fx.nlist_for(100_000) == 1024
     assert 39 * fx.nlist_for(20_000) <= 20_000
 
