@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,18 @@ class IndexReader:
     ) -> list[list[tuple[int, float]]]:
         """Per query, up to k (vec_id, score) pairs, best first.
 
-        A filtered query that comes back short (the matching tweets sit in lists nprobe did
-        not visit) is repeated over every list, so it returns k results whenever k exist.
+        A filter that admits a fraction f of the vectors visits nprobe / f lists, so about as
+        many admitted vectors are scanned as an unfiltered query scans (the tuned recall
+        holds). One that still comes back short is repeated over every list, so it returns k
+        results whenever k exist.
         """
         allowed = self.allowed_ids(filters)
         if allowed is not None and exclude:
             allowed = allowed[~np.isin(allowed, list(exclude))]
         nprobe = nprobe or self.nprobe
+        if allowed is not None and self.nlist:
+            fraction = max(len(allowed), 1) / max(sum(s.index.ntotal for s in self.shards), 1)
+            nprobe = min(self.nlist, math.ceil(nprobe / fraction))
         asked = k + len(exclude)
         scores, ids = fx.search(self.shards, queries, asked, nprobe=nprobe, allowed=allowed)
         if allowed is not None and self.nlist > nprobe:

@@ -118,6 +118,10 @@ def test_filters_are_exact_and_return_k(tmp_path: Path, vectors: np.ndarray, twe
         for row in hits:
             assert len(row) == min(5, len(expected))
             assert {i for i, _ in row} <= expected
+        ids = np.array(sorted(expected))
+        _, exact = store.fx.exact_search(vectors[ids], vectors[:3], 5)
+        found = np.array([[i for i, _ in row] for row in hits])
+        assert store.fx.recall_at_k(found, ids[exact], 5) >= 0.9, "a narrow filter visits more lists"
         since = dt.datetime(2022, 1, 1)
         dated = reader.search(vectors[:1], 10, filters=Filters(since=since))[0]
         assert len(dated) == 10
