@@ -43,16 +43,17 @@ def real_vectors(model: str) -> np.ndarray:
     return vectors
 
 
-def synthetic_vectors(n: int, d: int = 768, intrinsic: int = 48, seed: int = 0) -> np.ndarray:
+def synthetic_vectors(n: int, d: int = 768, clusters: int = 4096, intrinsic: int = 48, seed: int = 0) -> np.ndarray:
+    """Clustered like sentence embeddings: cluster centres and spreads live in a 48-d subspace."""
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((intrinsic, d)).astype("float32")
+    centres = rng.standard_normal((clusters, intrinsic)).astype("float32")
     out = np.empty((n, d), dtype="float32")
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
-        block = rng.standard_normal((stop - start, intrinsic)).astype("float32") @ basis
-        block += 0.05 * np.linalg.norm(block, axis=1, keepdims=True) * rng.standard_normal(block.shape).astype(
-            "float32"
-        ) / np.sqrt(d)
+        latent = centres[rng.integers(0, clusters, stop - start)]
+        latent += 0.5 * rng.standard_normal(latent.shape).astype("float32")
+        block = latent @ basis
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -94,8 +95,8 @@ def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, truth:
                      "recall_at_1": r1, "recall_at_10": r10, "ms_per_query": single_ms,
                      "ms_per_query_batched": batch_ms, "bytes_per_vector": fx.bytes_per_vector(trained),
                      "train_s": train_s, "add_s": add_s})
-        if r10 >= 0.99:
-            break
+        if r10 >= 0.99 or (len(rows) > 1 and r10 - rows[-2]["recall_at_10"] < 0.002):
+            break  # the target is passed, or the codes, not nprobe, now limit recall
     return rows
 
 
