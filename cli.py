@@ -466,9 +466,6 @@ def predict(
         click.echo(f"(+{len(rest)} more neighbours, weight {sum(n.weight for n in rest):.3f})")
 
 
-LIKES_TABLE = ("rmse_log1p", "rmse_raw", "mae_log1p", "spearman", "coverage_80")
-
-
 @evaluate.command("likes")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None, help="Labelled file: k-fold CV.")
 @click.option("--index", "index_path", type=click.Path(path_type=Path), default=None, help="Index of reference tweets.")
@@ -489,6 +486,7 @@ LIKES_TABLE = ("rmse_log1p", "rmse_raw", "mae_log1p", "spearman", "coverage_80")
     show_default=True,
     help="Comma-separated baselines to run beside the kNN ('' for none).",
 )
+@embed_options
 @PARAM_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def eval_likes_cmd(
@@ -500,16 +498,19 @@ def eval_likes_cmd(
     folds: int,
     seed: int,
     baselines: str,
+    batch_size: int,
+    precision: str | None,
+    no_cache: bool,
     params: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Likes prediction against baselines: CV inside --input, or --index predicting --test."""
     from retrieval.data import load_tweets
-    from retrieval.evaluate import BASELINES, cross_validate_likes, evaluate_likes_on_index
+    from retrieval.evaluate import BASELINES, LIKES_METRICS, cross_validate_likes, evaluate_likes_on_index, scorable
 
-    if (input_path is None) == (index_path is None and test_path is None) or (index_path is None) != (
-        test_path is None
-    ):
+    cv_form = input_path is not None and index_path is None and test_path is None
+    index_form = input_path is None and index_path is not None and test_path is not None
+    if not (cv_form or index_form):
         raise click.UsageError("give either --input FILE, or --index DIR with --test FILE")
     if extra_path is not None and input_path is None:
         raise click.UsageError("--extra goes with --input; for an index, `index add FILE --allow-missing-text`")
@@ -519,9 +520,10 @@ def eval_likes_cmd(
     config = _parse_params(params)
     with user_errors():
         if input_path is not None:
-            table = load_tweets(input_path).table
+            table = scorable(load_tweets(input_path).table, str(input_path))
             extra = load_tweets(extra_path, require_text=False).table if extra_path else None
-            vectors = _embedder_for(model, 64).encode(table.column("content").to_pylist())
+            embedder = _embedder_for(model, batch_size, precision, not no_cache)
+            vectors = embedder.encode(table.column("content").to_pylist())
             result = cross_validate_likes(
                 table, vectors, extra=extra, folds=folds, seed=seed, config=config, baselines=chosen
             )
@@ -530,8 +532,8 @@ def eval_likes_cmd(
             from retrieval.search import Searcher
 
             assert index_path is not None and test_path is not None
+            table = scorable(load_tweets(test_path).table, str(test_path))
             searcher = Searcher.open(index_path)
-            table = load_tweets(test_path).table
             vectors = searcher.embedder.encode(table.column("content").to_pylist())
             result = evaluate_likes_on_index(searcher.reader, table, vectors, config=config, baselines=chosen)
             result["test"] = str(test_path)
@@ -540,10 +542,162 @@ def eval_likes_cmd(
         return
     source = f"{folds}-fold CV on {input_path}" if input_path else f"{index_path} predicting {test_path}"
     click.echo(f"{source}: {result['tweets']} tweets scored, {result['skipped_no_history']} with no earlier history")
-    click.echo(f"{'method':16}" + "".join(f"{m:>13}" for m in LIKES_TABLE))
+    click.echo(f"{'method':16}" + "".join(f"{m:>13}" for m in LIKES_METRICS))
     for name, row in [("knn", result), *result["baselines"].items()]:
-        cells = "".join(f"{'-' if row[m] is None else row[m]:>13}" for m in LIKES_TABLE)
+        cells = "".join(f"{'-' if row[m] is None else row[m]:>13}" for m in LIKES_METRICS)
         click.echo(f"{name:16}{cells}")
+
+
+GGUF_OPTION = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A GGUF chat model (default: the bundled SmolLM2-135M-Instruct).",
+)
+
+
+def _generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int) -> Any:
+    from retrieval.generate import GenerateConfig
+
+    return GenerateConfig(exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+
+def generate_options(command: Any) -> Any:
+    """Model and sampling options shared by `generate` and `eval generate`."""
+    command = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets.")(command)
+    command = click.option("--temperature", type=click.FloatRange(0), default=0.7, show_default=True)(command)
+    command = click.option("--max-tokens", type=click.IntRange(16), default=96, show_default=True)(command)
+    command = click.option(
+        "--exemplars", type=click.IntRange(0), default=5, show_default=True, help="Past tweets in the prompt."
+    )(command)
+    return GGUF_OPTION(command)
+
+
+@cli.command()
+@INDEX_OPTION
+@click.option("--username", required=True, help="The account that will post the tweet.")
+@click.option("--company", default=None, help="Its company (default: the one the index knows for the account).")
+@click.option("--date", type=DATE, default=None, help="When it will be posted: only earlier tweets are exemplars.")
+@click.option("--media", default="", help="What the picture or video shows, in words.")
+@click.option("--topic", default=None, help="What the tweet is about.")
+@click.option("--likes", type=click.IntRange(0), default=None, help="The likes wanted.")
+@click.option("--candidates", type=click.IntRange(1), default=1, show_default=True, help="Tweets to generate and rank.")
+@generate_options
+@click.option("--json", "as_json", is_flag=True)
+def generate(
+    index_path: Path,
+    username: str,
+    company: str | None,
+    date: dt.datetime | None,
+    media: str,
+    topic: str | None,
+    likes: int | None,
+    candidates: int,
+    model_path: Path | None,
+    exemplars: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
+    from retrieval.generate import Brief, Generator
+    from retrieval.generate import generate as run_generate
+    from retrieval.search import Searcher
+
+    config = _generate_config(exemplars, max_tokens, temperature, seed)
+    brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
+    stream = sys.stderr.isatty()  # tokens stream to stderr, so stdout keeps only the result
+
+    current = [-1]
+
+    def show(n: int, piece: str) -> None:
+        if n != current[0]:
+            current[0] = n
+            click.echo(f"\n[candidate {n + 1}] ", nl=False, err=True)
+        click.echo(piece, nl=False, err=True)
+
+    with user_errors():
+        searcher = Searcher.open(index_path)
+        generator = Generator(model_path, max_ctx=config.max_ctx)
+        try:
+            found, method = run_generate(
+                searcher, generator, brief, config, candidates=candidates, on_token=show if stream else None
+            )
+            if stream:
+                click.echo(err=True)
+        finally:
+            generator.close()
+    if as_json:
+        _dump({"model": generator.name, "ranked_by": method, "candidates": [c.to_json() for c in found]})
+        return
+    width = shutil.get_terminal_size((120, 20)).columns
+    for i, c in enumerate(found, 1):
+        likes_text = f"  predicted likes {c.predicted_likes:,.0f}" if c.predicted_likes is not None else ""
+        click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens in {c.seconds:.1f}s){likes_text}")
+        click.echo(c.text or "(the model returned no usable text)")
+    if found and found[0].exemplars:
+        click.echo(f"\nbuilt from {len(found[0].exemplars)} past tweets (ranked by {method}):")
+        click.echo(f"{'id':>8} {'level':8} {'account':18} {'likes':>7}  text")
+        for e in found[0].exemplars:
+            tweet_id = e.tweet_id if e.tweet_id is not None else e.vec_id
+            likes_cell = "-" if e.likes is None else e.likes
+            head = f"{tweet_id:>8} {e.level:8} {_cut(e.username or '-', 18):18} {likes_cell:>7}  "
+            click.echo(head + _cut(e.content, width - len(head)))
+    else:
+        click.echo("\nno past tweets found: generated from the brief alone")
+
+
+@evaluate.command("generate")
+@INDEX_OPTION
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="Tweets to rewrite.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N tweets of --input.")
+@generate_options
+@click.option("--json", "as_json", is_flag=True)
+def eval_generate_cmd(
+    index_path: Path,
+    input_path: Path,
+    limit: int | None,
+    model_path: Path | None,
+    exemplars: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """BLEU-1..4 and ROUGE-L of retrieval only, the model alone and RAG, from metadata alone."""
+    from retrieval.evaluate_generation import SYSTEMS, eval_generation, load_rows
+    from retrieval.generate import Generator
+    from retrieval.search import Searcher
+
+    config = _generate_config(max(exemplars, 1), max_tokens, temperature, seed)
+
+    def progress(done: int, total: int) -> None:
+        if not as_json and (done % 10 == 0 or done == total):
+            click.echo(f"{done}/{total} tweets", err=True)
+
+    with user_errors():
+        rows = load_rows(input_path, limit)
+        searcher = Searcher.open(index_path)
+        generator = Generator(model_path, max_ctx=config.max_ctx)
+        try:
+            result = eval_generation(searcher, generator, rows, config, progress=progress)
+        finally:
+            generator.close()
+    result["input"] = str(input_path)
+    if as_json:
+        _dump(result)
+        return
+    click.echo(
+        f"{result['tweets']} tweets of {input_path}, index {index_path} ({result['embedder']}), {result['model']}"
+    )
+    metrics = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")
+    click.echo(f"{'system':16}" + "".join(f"{m:>9}" for m in metrics))
+    for system in SYSTEMS:
+        click.echo(f"{system:16}" + "".join(f"{result[system][m]:>9.4f}" for m in metrics))
+    per = result["seconds_per_tweet"]
+    click.echo(f"tokens/s {result['tokens_per_s']}; s/tweet: rag {per['rag']}, llm_only {per['llm_only']}")
 
 
 if __name__ == "__main__":

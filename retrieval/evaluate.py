@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from scipy.stats import spearmanr
 
 from retrieval import index as fx
 from retrieval.errors import RetrievalError
-from retrieval.predict import ArrayHistory, IndexHistory, LikesPrediction, PredictConfig, Query, predict_likes
+from retrieval.predict import Found, GroupStats, IndexHistory, LikesPrediction, PredictConfig, Query, key, predict_likes
 from retrieval.reader import IndexReader
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def eval_search(reader: IndexReader, *, nprobe: int | None = None, single_querie
 
 LIKES_METRICS = ("rmse_log1p", "rmse_raw", "mae_log1p", "spearman", "coverage_80")
 BASELINES = ("global_median", "account_median", "gbm")
+GBM_COMPONENTS = 16
+"""The gbm baseline sees the embeddings through PCA: with 1,600 training tweets more
+dimensions add noise (CV RMSE 1.061 with 16 components, 1.068 with 64, 1.094 with all 768)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ class Estimates:
     @classmethod
     def stack(cls, parts: Sequence[Estimates]) -> Estimates:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("point", "low", "high")))
+
+    @classmethod
+    def of(cls, predictions: Sequence[LikesPrediction]) -> Estimates:
+        return cls(*(np.array([getattr(p, f) for p in predictions]) for f in ("log_likes", "log_low", "log_high")))
 
 
 def likes_metrics(y: np.ndarray, found: Estimates) -> dict[str, float | None]:
@@ -96,12 +104,105 @@ def likes_metrics(y: np.ndarray, found: Estimates) -> dict[str, float | None]:
     }
 
 
-def _from_predictions(predictions: Sequence[LikesPrediction]) -> Estimates:
-    return Estimates(
-        np.array([p.log_likes for p in predictions]),
-        np.array([p.log_low for p in predictions]),
-        np.array([p.log_high for p in predictions]),
-    )
+class ArrayHistory:
+    """Past tweets held in memory with exact kNN, so CV folds need no index of their own.
+
+    `visible` hides rows (a fold's own tweets); rows without likes are dropped on the way in.
+    """
+
+    def __init__(self, table: pa.Table, vectors: np.ndarray) -> None:
+        """`table` has TWEET_SCHEMA columns; `vectors` holds one row per table row with content."""
+        has_vector = np.asarray(table.column("content").is_valid(), dtype=bool)
+        if len(vectors) != has_vector.sum():
+            raise RetrievalError(f"{len(vectors)} vectors for {int(has_vector.sum())} rows with text")
+        keep = np.asarray(table.column("likes").is_valid(), dtype=bool)
+        self.table = table.filter(pa.array(keep))
+        self.queries = _queries(self.table)
+        self.values = np.log1p(self.table.column("likes").to_numpy(zero_copy_only=False).astype(np.float64))
+        self.vectors = np.ascontiguousarray(vectors[keep[has_vector]], dtype=np.float32)
+        self.vector_rows = np.flatnonzero(has_vector[keep])
+        self.dates = self.table.column("date").to_numpy(zero_copy_only=False).astype("datetime64[us]")
+        self.usernames = [key(q.username) for q in self.queries]
+        self.companies = [key(q.company) for q in self.queries]
+        self.account_names, self.account_codes = _codes(self.usernames)
+        self.company_names, self.company_codes = _codes(self.companies)
+        pairs: dict[str, dict[str, int]] = {}
+        for u, c in zip(self.usernames, self.companies):
+            if u and c:
+                pairs.setdefault(u, {})[c] = pairs.get(u, {}).get(c, 0) + 1
+        self.account_company = {u: max(counts, key=counts.__getitem__) for u, counts in pairs.items()}
+        self.visible = np.ones(len(self.values), bool)
+        self._stats: dict[dt.datetime | None, GroupStats] = {}
+
+    def restrict(self, visible: np.ndarray) -> ArrayHistory:
+        """The same history with only `visible` rows (a boolean mask over its rows) seen."""
+        other = object.__new__(ArrayHistory)
+        other.__dict__.update(self.__dict__, visible=self.visible & visible, _stats={})
+        return other
+
+    def seen(self, cutoff: dt.datetime | None) -> np.ndarray:
+        """Rows a query at `cutoff` may use: visible, and dated before it when it is dated."""
+        if cutoff is None:
+            return self.visible
+        return self.visible & (self.dates < np.datetime64(cutoff, "us"))
+
+    def check(self, query: Query) -> None:
+        if not self.seen(query.date).any():
+            raise RetrievalError(f"no tweets with likes before {query.date}")
+
+    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
+        scores = np.where(self.seen(query.date)[self.vector_rows], self.vectors @ vector, -np.inf)
+        picked = list(_top(scores, config.k))
+        user = key(query.username)
+        if config.k_account and user in self.account_names:
+            own = np.where(self.account_codes[self.vector_rows] == self.account_names[user], scores, -np.inf)
+            taken = set(picked)
+            picked += [i for i in _top(own, config.k_account) if i not in taken]
+        rows = self.vector_rows[picked]
+        return Found(
+            ids=rows.astype(np.int64),
+            scores=scores[picked].astype(np.float64),
+            values=self.values[rows],
+            usernames=[self.usernames[r] for r in rows],
+            companies=[self.companies[r] for r in rows],
+        )
+
+    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
+        if cutoff not in self._stats:
+            seen = self.seen(cutoff)
+            y = self.values[seen]
+            accounts = _sums(self.account_names, self.account_codes[seen], y)
+            companies = _sums(self.company_names, self.company_codes[seen], y)
+            total, total_sq = float(y.sum()), float((y**2).sum())
+            self._stats[cutoff] = GroupStats(accounts, companies, self.account_company, len(y), total, total_sq)
+        return self._stats[cutoff]
+
+
+def _codes(names: list[str | None]) -> tuple[dict[str, int], np.ndarray]:
+    mapping: dict[str, int] = {}
+    codes = np.array([-1 if n is None else mapping.setdefault(n, len(mapping)) for n in names], dtype=np.int64)
+    return mapping, codes
+
+
+def _sums(names: Mapping[str, int], codes: np.ndarray, y: np.ndarray) -> dict[str, tuple[int, float]]:
+    known = codes >= 0
+    counts = np.bincount(codes[known], minlength=len(names))
+    totals = np.bincount(codes[known], weights=y[known], minlength=len(names))
+    return {name: (int(counts[i]), float(totals[i])) for name, i in names.items() if counts[i]}
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best finite scores, best first."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _queries(table: pa.Table) -> list[Query]:
+    columns = [table.column(name).to_pylist() for name in ("username", "company", "date")]
+    return [Query(*values) for values in zip(*columns)]
 
 
 def _median_baselines(history: ArrayHistory, queries: Sequence[Query]) -> dict[str, Estimates]:
@@ -110,10 +211,9 @@ def _median_baselines(history: ArrayHistory, queries: Sequence[Query]) -> dict[s
     rows: dict[str, list[np.ndarray]] = {"global_median": [], "account_median": []}
     for query in queries:
         seen = history.seen(query.date)
-        everyone = history.values[seen]
-        user = (query.username or "").strip().lower()
-        company = (query.company or "").strip().lower() or history.account_company.get(user)
-        group = everyone
+        group = everyone = history.values[seen]
+        user = key(query.username)
+        company = key(query.company) or history.account_company.get(user or "")
         for codes, names, name in (
             (history.account_codes, history.account_names, user),
             (history.company_codes, history.company_names, company),
@@ -147,12 +247,15 @@ def _gbm_baseline(history: ArrayHistory, train: np.ndarray, vectors: np.ndarray,
     It trains once on every visible row with text, so unlike the kNN it does not redo its
     fit for each dated query (which can only flatter it).
     """
+    from sklearn.decomposition import PCA
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     rows = history.vector_rows[train]
-    train_queries = [_query_of(history.table, int(r)) for r in rows]
-    x = _gbm_features(history, history.vectors[train], train_queries, history.values[rows])
-    x_test = _gbm_features(history, vectors, queries, None)
+    pca = PCA(n_components=min(GBM_COMPONENTS, *history.vectors[train].shape), random_state=0)
+    x = _gbm_features(
+        history, pca.fit_transform(history.vectors[train]), [history.queries[r] for r in rows], history.values[rows]
+    )
+    x_test = _gbm_features(history, pca.transform(vectors), queries, None)
     out = []
     for loss, q in (("squared_error", None), ("quantile", 0.1), ("quantile", 0.9)):
         model = HistGradientBoostingRegressor(loss=loss, quantile=q, max_iter=200, learning_rate=0.05, random_state=0)
@@ -160,39 +263,53 @@ def _gbm_baseline(history: ArrayHistory, train: np.ndarray, vectors: np.ndarray,
     return Estimates(out[0], np.minimum(out[1], out[0]), np.maximum(out[2], out[0]))
 
 
-def _query_of(table: pa.Table, row: int) -> Query:
-    values = {name: table.column(name)[row].as_py() for name in ("username", "company", "date")}
-    return Query(values["username"], values["company"], values["date"])
+def _add_baselines(
+    found: dict[str, list[Estimates]],
+    history: ArrayHistory,
+    train: np.ndarray,
+    vectors: np.ndarray,
+    queries: list[Query],
+) -> None:
+    medians = _median_baselines(history, queries) if {"global_median", "account_median"} & set(found) else {}
+    for name in medians.keys() & found.keys():
+        found[name].append(medians[name])
+    if "gbm" in found:
+        found["gbm"].append(_gbm_baseline(history, train, vectors, queries))
 
 
-def _scorable(table: pa.Table) -> pa.Table:
-    """Rows a likes evaluation can score: with text and likes."""
+def scorable(table: pa.Table, source: str = "the input") -> pa.Table:
+    """The rows a likes evaluation can score, with text and likes (checked before embedding)."""
     keep = pc.and_(pc.is_valid(table.column("content")), pc.is_valid(table.column("likes")))
-    if (dropped := table.num_rows - pc.sum(keep).as_py()) > 0:
+    if not pc.any(keep).as_py():
+        raise RetrievalError(f"{source}: no rows with both text and likes to score")
+    if dropped := table.num_rows - pc.sum(keep).as_py():
         log.warning("%d rows without text or likes are not scored", dropped)
     return table.filter(keep)
 
 
-def _report(
-    y: np.ndarray, knn: Estimates, baselines: dict[str, list[Estimates]], info: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        **info,
-        **likes_metrics(y, knn),
-        "baselines": {name: likes_metrics(y, Estimates.stack(parts)) for name, parts in baselines.items()},
-    }
+def _scorable(table: pa.Table, vectors: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """`scorable` with the vectors (one per row with text) kept in step."""
+    likes = np.asarray(table.column("likes").is_valid(), dtype=bool)
+    with_text = np.asarray(table.column("content").is_valid(), dtype=bool)
+    return scorable(table), np.asarray(vectors, dtype=np.float32)[likes[with_text]]
 
 
-def _checked(history: ArrayHistory | IndexHistory, queries: list[Query]) -> np.ndarray:
+def _with_history(history: ArrayHistory | IndexHistory, queries: list[Query]) -> np.ndarray:
     """Which queries have any past to predict from (a dated tweet older than all history has none)."""
-    ok = []
-    for query in queries:
+    ok = np.ones(len(queries), dtype=bool)
+    for i, query in enumerate(queries):
         try:
             history.check(query)
-            ok.append(True)
         except RetrievalError:
-            ok.append(False)
-    return np.array(ok, dtype=bool)
+            ok[i] = False
+    return ok
+
+
+def _report(y: np.ndarray, knn: Estimates, baselines: dict[str, list[Estimates]], **info: Any) -> dict[str, Any]:
+    if len(y) == 0:
+        raise RetrievalError("no tweet has earlier history to predict from (all are dated before the references)")
+    metrics = {name: likes_metrics(y, Estimates.stack(parts)) for name, parts in baselines.items()}
+    return {**info, "tweets": len(y), **likes_metrics(y, knn), "baselines": metrics}
 
 
 def cross_validate_likes(
@@ -207,70 +324,47 @@ def cross_validate_likes(
 ) -> dict[str, Any]:
     """k-fold CV inside one labelled file: a tweet never sees its own fold, nor (when dated) later tweets.
 
-    `vectors` has one row per row of `table` with text. `extra` rows (likes without text, e.g.
-    adobe_content_test_time) join every fold's history as metadata-only rows: priors, not neighbours.
+    `vectors` has one row per row of `table` with text. `extra` rows (likes; their text is
+    ignored) join every fold's history as metadata-only rows: priors, never neighbours.
     """
     config = config or PredictConfig()
-    has_text = np.asarray(table.column("content").is_valid(), dtype=bool)
-    keep = np.asarray(table.column("likes").is_valid(), dtype=bool)[has_text]
-    table = _scorable(table)
-    vectors = np.asarray(vectors, dtype=np.float32)[keep]
-    if table.num_rows < folds:
-        raise RetrievalError(f"{table.num_rows} tweets with text and likes: too few for {folds}-fold CV")
+    table, vectors = _scorable(table, vectors)
     n = table.num_rows
-    reference = table
+    if n < folds:
+        raise RetrievalError(f"{n} tweets with text and likes: too few for {folds}-fold CV")
     if extra is not None:
-        reference = pa.concat_tables(
-            [
-                table,
-                extra.set_column(
-                    extra.schema.get_field_index("content"), "content", pa.nulls(extra.num_rows, pa.string())
-                ).filter(pc.is_valid(extra["likes"])),
-            ]
+        no_text = extra.set_column(
+            extra.schema.get_field_index("content"), "content", pa.nulls(len(extra), pa.string())
         )
-    history = ArrayHistory(reference, vectors)
-    queries = [_query_of(table, i) for i in range(n)]
+        table = pa.concat_tables([table, no_text])
+    history = ArrayHistory(table, vectors)
     fold_of = np.random.default_rng(seed).permutation(n) % folds
-    y_parts, knn, found = [], [], {name: [] for name in baselines}
+    y, knn, found = [], [], {name: [] for name in baselines}
     skipped = 0
     for f in range(folds):
-        visible = np.ones(history.table.num_rows, bool)
+        visible = np.ones(len(history.values), bool)
         visible[:n] = fold_of != f
         fold = history.restrict(visible)
         test = np.flatnonzero(fold_of == f)
-        fold_queries = [queries[i] for i in test]
-        ok = _checked(fold, fold_queries)
+        ok = _with_history(fold, [history.queries[i] for i in test])
         skipped += int((~ok).sum())
-        test, fold_queries = test[ok], [q for q, good in zip(fold_queries, ok) if good]
-        y_parts.append(history.values[test])
-        knn.append(_from_predictions(predict_likes(fold, vectors[test], fold_queries, config)))
-        _add_baselines(found, fold, visible[history.vector_rows], vectors[test], fold_queries)
+        test = test[ok]
+        queries = [history.queries[i] for i in test]
+        y.append(history.values[test])
+        knn.append(Estimates.of(predict_likes(fold, vectors[test], queries, config)))
+        _add_baselines(found, fold, visible[history.vector_rows], vectors[test], queries)
         log.info("fold %d/%d: %d tweets", f + 1, folds, len(test))
-    info = {
-        "form": "cross-validation",
-        "folds": folds,
-        "seed": seed,
-        "tweets": int(sum(map(len, y_parts))),
-        "skipped_no_history": skipped,
-        "extra_rows": history.table.num_rows - n,
-        "config": asdict(config),
-    }
-    return _report(np.concatenate(y_parts), Estimates.stack(knn), found, info)
-
-
-def _add_baselines(
-    found: dict[str, list[Estimates]],
-    history: ArrayHistory,
-    train: np.ndarray,
-    vectors: np.ndarray,
-    queries: Sequence[Query],
-) -> None:
-    if {"global_median", "account_median"} & set(found):
-        medians = _median_baselines(history, queries)
-        for name in medians.keys() & found.keys():
-            found[name].append(medians[name])
-    if "gbm" in found:
-        found["gbm"].append(_gbm_baseline(history, train, vectors, queries))
+    return _report(
+        np.concatenate(y),
+        Estimates.stack(knn),
+        found,
+        form="cross-validation",
+        folds=folds,
+        seed=seed,
+        skipped_no_history=skipped,
+        extra_rows=len(history.values) - n,
+        config=asdict(config),
+    )
 
 
 def evaluate_likes_on_index(
@@ -287,49 +381,43 @@ def evaluate_likes_on_index(
     same rows (read back from the index, vectors reconstructed from its shards).
     """
     config = config or PredictConfig()
-    has_text = np.asarray(table.column("content").is_valid(), dtype=bool)
-    keep = np.asarray(table.column("likes").is_valid(), dtype=bool)[has_text]
-    table = _scorable(table)
-    vectors = np.asarray(vectors, dtype=np.float32)[keep]
+    table, vectors = _scorable(table, vectors)
     history = IndexHistory(reader)
-    queries = [_query_of(table, i) for i in range(table.num_rows)]
-    ok = _checked(history, queries)
-    queries = [q for q, good in zip(queries, ok) if good]
-    vectors = vectors[ok]
+    queries = _queries(table)
+    ok = _with_history(history, queries)
+    queries, vectors = [q for q, good in zip(queries, ok) if good], vectors[ok]
     y = np.log1p(table.column("likes").to_numpy(zero_copy_only=False)[ok].astype(np.float64))
-    knn = _from_predictions(predict_likes(history, vectors, queries, config))
+    knn = Estimates.of(predict_likes(history, vectors, queries, config))
     found: dict[str, list[Estimates]] = {name: [] for name in baselines}
     if found:
         arrays = _index_arrays(reader)
         _add_baselines(found, arrays, np.ones(len(arrays.vector_rows), bool), vectors, queries)
-    info = {
-        "form": "index",
-        "index": str(reader.path),
-        "tweets": len(queries),
-        "skipped_no_history": int((~ok).sum()),
-        "config": asdict(config),
-    }
-    return _report(y, knn, found, info)
+    return _report(
+        y,
+        knn,
+        found,
+        form="index",
+        index=str(reader.path),
+        skipped_no_history=int((~ok).sum()),
+        config=asdict(config),
+    )
 
 
 def _index_arrays(reader: IndexReader) -> ArrayHistory:
     """The index's rows with likes as an ArrayHistory, vectors reconstructed from the shards."""
-    table = reader.con.execute(
-        "SELECT tweet_id, date, username, company, likes, CASE WHEN has_vector THEN content END AS content, vec_id"
+    table = reader.con.sql(
+        "SELECT date, username, company, likes, CASE WHEN has_vector THEN content END AS content, vec_id"
         " FROM tweets WHERE likes IS NOT NULL ORDER BY vec_id"
-    ).fetch_arrow_table()
+    ).to_arrow_table()
     ids = table.column("vec_id").to_numpy()[np.asarray(table.column("content").is_valid(), dtype=bool)]
     shards = sorted(reader.shards, key=lambda s: s.first_id)
-    firsts = np.array([s.first_id for s in shards])
-    owner = np.searchsorted(firsts, ids, side="right") - 1
+    owner = np.searchsorted([s.first_id for s in shards], ids, side="right") - 1
     vectors = np.zeros((len(ids), reader.embedder["dim"]), dtype=np.float32)
     for number, shard in enumerate(shards):
-        rows = np.flatnonzero(owner == number)
-        if len(rows) == 0:
+        if not (rows := np.flatnonzero(owner == number)).size:
             continue
         try:
-            stored = shard.index.reconstruct_n(0, shard.index.ntotal)
+            vectors[rows] = shard.index.reconstruct_n(0, shard.index.ntotal)[ids[rows] - shard.first_id]
         except RuntimeError as e:
             raise RetrievalError(f"{reader.path}: cannot read vectors back for the gbm baseline ({e})") from None
-        vectors[rows] = stored[ids[rows] - shard.first_id]
     return ArrayHistory(table, vectors)

