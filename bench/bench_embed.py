@@ -54,8 +54,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     texts = load_tweets(SHARED / "adobe_behaviour_test_time.parquet").table.column("content").to_pylist()[: args.n]
-    info = {"args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {
+        "args": vars(args),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if not args.json:
         print(json.dumps(info))
 
@@ -99,8 +103,10 @@ def main() -> None:
     print(f"{f'project {args.model} {args.precision}':40} {fast_rate:9.1f}")
     print(f"{'project, second pass (embedding cache)':40} {cached_rate:9.1f}")
     print(f"{'minilm fp32':40} {minilm_rate:9.1f}")
-    print(f"speedup {result['speedup']}  cosine mean {result['mean_cosine']} min {result['min_cosine']}  "
-          f"top-10 neighbour agreement {result['neighbour_agreement']}")
+    print(
+        f"speedup {result['speedup']}  cosine mean {result['mean_cosine']} min {result['min_cosine']}  "
+        f"top-10 neighbour agreement {result['neighbour_agreement']}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -68,6 +69,11 @@ def timed_ms(fn, repeats: int = 3) -> float:
     return 1000 * float(np.median(times))
 
 
+def search_one_at_a_time(shards: list[fx.Shard], queries: np.ndarray, nprobe: int) -> None:
+    for query in queries:
+        fx.search(shards, query[None], 10, nprobe=nprobe)
+
+
 def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, shards: int) -> list[dict]:
     d = vectors.shape[1]
     start = time.perf_counter()
@@ -80,21 +86,34 @@ def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, truth:
     nlist = fx.nlist_of_index(trained)
     grid = [p for p in fx.NPROBE_GRID if p <= max(nlist, 1)] if nlist else [1]
     rows = []
-    print(f"\n{factory}  shards={shards}  train {train_s:.1f}s  add {add_s:.1f}s  "
-          f"bytes/vector {fx.bytes_per_vector(trained):.0f} (flat {4 * d})")
+    print(
+        f"\n{factory}  shards={shards}  train {train_s:.1f}s  add {add_s:.1f}s  "
+        f"bytes/vector {fx.bytes_per_vector(trained):.0f} (flat {4 * d})"
+    )
     print(f"{'nprobe':>7} {'1-R@1':>7} {'10-R@10':>8} {'ms/query':>9} {'ms/q batch':>10}")
     for nprobe in grid:
         _, found = fx.search(built, queries, 10, nprobe=nprobe)
         r10 = fx.recall_at_k(found, truth, 10)
         r1 = fx.recall_at_k(found[:, :1], truth[:, :1], 1)
-        batch_ms = timed_ms(lambda: fx.search(built, queries, 10, nprobe=nprobe)) / len(queries)
-        single = queries[:100]
-        single_ms = timed_ms(lambda: [fx.search(built, q[None], 10, nprobe=nprobe) for q in single], 1) / len(single)
+        batch_ms = timed_ms(partial(fx.search, built, queries, 10, nprobe=nprobe)) / len(queries)
+        single_ms = timed_ms(partial(search_one_at_a_time, built, queries[:100], nprobe), 1) / 100
         print(f"{nprobe:>7} {r1:7.3f} {r10:8.3f} {single_ms:9.3f} {batch_ms:10.4f}")
-        rows.append({"factory": factory, "shards": shards, "n": len(vectors), "d": d, "nprobe": nprobe,
-                     "recall_at_1": r1, "recall_at_10": r10, "ms_per_query": single_ms,
-                     "ms_per_query_batched": batch_ms, "bytes_per_vector": fx.bytes_per_vector(trained),
-                     "train_s": train_s, "add_s": add_s})
+        rows.append(
+            {
+                "factory": factory,
+                "shards": shards,
+                "n": len(vectors),
+                "d": d,
+                "nprobe": nprobe,
+                "recall_at_1": r1,
+                "recall_at_10": r10,
+                "ms_per_query": single_ms,
+                "ms_per_query_batched": batch_ms,
+                "bytes_per_vector": fx.bytes_per_vector(trained),
+                "train_s": train_s,
+                "add_s": add_s,
+            }
+        )
         if r10 >= 0.99 or (len(rows) > 1 and r10 - rows[-2]["recall_at_10"] < 0.002):
             break  # the target is passed, or the codes, not nprobe, now limit recall
     return rows
@@ -113,8 +132,10 @@ def main() -> None:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     print(f"args: {vars(args)}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
-          f"threads {faiss.omp_get_max_threads()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+        f"threads {faiss.omp_get_max_threads()}"
+    )
 
     start = time.perf_counter()
     vectors = real_vectors(args.model) if args.data == "real" else synthetic_vectors(args.n)
