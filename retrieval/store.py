@@ -153,7 +153,7 @@ def _order_vectors_first(table: pa.Table, has_vector: np.ndarray) -> tuple[pa.Ta
     return table.take(pa.array(order)), has_vector[order]
 
 
-def _eval_truth(folder: Path, vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _eval_truth(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Keep a sample of indexed vectors and their exact top-k, so recall can be measured later
     without the raw vectors (which a compressed index does not keep)."""
     rows = np.random.default_rng(seed).choice(len(vectors), min(EVAL_QUERIES, len(vectors)), replace=False)
@@ -199,7 +199,7 @@ def build(
     trained = fx.train(factory, d, fx.training_sample(vectors, factory))
     with atomic_folder(out) as tmp:
         built = [fx.Shard(fx.new_shard(trained, vectors[a:b]), a) for a, b in _split(len(vectors), shards)]
-        queries, truth = _eval_truth(tmp, vectors)
+        queries, truth = _eval_truth(vectors)
         nprobe, recall = fx.tune_nprobe(built, queries, truth[1])
         manifest = {
             "format_version": FORMAT_VERSION,
