@@ -153,12 +153,7 @@ def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> lis
 
 def account_company(searcher: Searcher, username: str) -> str | None:
     """The company the index knows for an account (its most frequent), or None."""
-    row = searcher.reader.con.execute(
-        "SELECT company FROM tweets WHERE lower(username) = lower(?) AND company IS NOT NULL"
-        " GROUP BY company ORDER BY count(*) DESC, company LIMIT 1",
-        [username],
-    ).fetchone()
-    return row[0] if row else None
+    return searcher.reader.account_companies().get(username.strip().lower())
 
 
 def find_exemplars(

@@ -339,11 +339,7 @@ class IndexHistory:
             raise RetrievalError(f"{reader.path}: the index holds no tweets with likes, so it cannot predict them")
         self.first_date: dt.datetime | None = first
         self.last_date: dt.datetime | None = last
-        pairs = reader.con.execute(
-            "SELECT lower(username), arg_max(lower(company), n) FROM (SELECT username, company, count(*) AS n"
-            " FROM tweets WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL) GROUP BY 1"
-        ).fetchall()
-        self.account_company = dict(pairs)
+        self.account_company = reader.account_companies()
         self._stats: dict[dt.datetime | None, GroupStats] = {}
 
     def check(self, query: Query) -> None:

@@ -118,6 +118,16 @@ class IndexReader:
         found = self.con.execute("SELECT tweet_id FROM tweets WHERE tweet_id IN (SELECT unnest(?))", [tweet_ids])
         return {r[0] for r in found.fetchall()}
 
+    def account_companies(self) -> dict[str, str]:
+        """Each account's company (its most frequent; ties by name), both lower-cased, so the
+        predictor and the generator fall back from an account to the same company."""
+        rows = self.con.execute(
+            "SELECT u, c FROM (SELECT lower(username) AS u, lower(company) AS c, count(*) AS n FROM tweets"
+            " WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL)"
+            " QUALIFY row_number() OVER (PARTITION BY u ORDER BY n DESC, c) = 1"
+        ).fetchall()
+        return dict(rows)
+
     def stats(self) -> dict[str, Any]:
         (rows, vectors, accounts, companies, first, last, with_likes) = self.con.execute(
             "SELECT count(*), count(*) FILTER (has_vector), count(DISTINCT username), count(DISTINCT company),"
