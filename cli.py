@@ -108,6 +108,63 @@ def embed_options(command: Any) -> Any:
     return click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)(command)
 
 
+def clip_options(command: Any) -> Any:
+    """--clip-checkpoint and --clip-model, shared by every command that embeds or queries images."""
+    command = click.option(
+        "--clip-model",
+        default=None,
+        help="open_clip architecture of the checkpoint (default: the index's, else ViT-B-32).",
+    )(command)
+    return click.option(
+        "--clip-checkpoint",
+        type=click.Path(path_type=Path),
+        default=None,
+        envvar="RETRIEVAL_CLIP_CHECKPOINT",
+        help="CLIP weights file (open_clip, .safetensors or .pt); nothing is downloaded. "
+        "Queries default to the one the index was built with.",
+    )(command)
+
+
+def _clip_for(checkpoint: Path | None, model: str | None, index_path: Path | None = None) -> Any:
+    """The CLIP model a command asked for or, for an index with image vectors, the one it was built
+    with when that file is still there; None when there is neither (text only)."""
+    from retrieval.embed_clip import DEFAULT_MODEL, ClipEmbedder
+
+    built: dict[str, Any] = {}
+    if index_path is not None:
+        from retrieval.store import read_manifest
+
+        built = read_manifest(index_path).get("image", {}).get("embedder", {})
+    if checkpoint is None and built.get("checkpoint") and Path(built["checkpoint"]).is_file():
+        checkpoint = Path(built["checkpoint"])
+    if checkpoint is None:
+        return None
+    return ClipEmbedder(model or built.get("model") or DEFAULT_MODEL, checkpoint)
+
+
+def _image_source(clip: Any, images: Path | None, offline: bool) -> Any:
+    from retrieval.build import ImageSource
+    from retrieval.media import MediaFetcher
+
+    if clip is None:
+        if images is not None:
+            raise RetrievalError("--images needs a CLIP model: give --clip-checkpoint PATH")
+        return None
+    return ImageSource(clip, MediaFetcher(network=not offline), folder=images)
+
+
+def media_options(command: Any) -> Any:
+    """Where a build finds images: --images DIR (local copies by tweet id) and --offline."""
+    command = click.option("--offline", is_flag=True, help="Never download media; use local files only.")(command)
+    command = click.option(
+        "--images",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder of local images named by tweet id (123.jpg, 123_2.png), preferred over media URLs.",
+    )(command)
+    return clip_options(command)
+
+
 SOURCE = click.argument("source", type=click.Path(path_type=Path))
 COLUMN_OPTION = click.option(
     "--column",
@@ -138,7 +195,9 @@ MISSING_TEXT_OPTION = click.option(
 )
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True, help="Number of shard files.")
 @click.option("--memory", default="4G", show_default=True, help="Memory budget for the vector codes.")
+@click.option("--no-text", is_flag=True, help="Image vectors only (needs --clip-checkpoint).")
 @embed_options
+@media_options
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
 def index_build(
@@ -148,32 +207,50 @@ def index_build(
     factory: str | None,
     shards: int,
     memory: str,
+    no_text: bool,
     batch_size: int,
     precision: str | None,
     no_cache: bool,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    images: Path | None,
+    offline: bool,
     columns: tuple[str, ...],
     allow_missing_text: bool,
 ) -> None:
-    """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx)."""
+    """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx) or a folder of images.
+
+    Text vectors (MPNet by default) always, unless --no-text; CLIP image vectors of the tweets'
+    media (or of the folder's images) when --clip-checkpoint is given."""
     from retrieval.build import build_index
 
     out = out or Path("indexes") / source.stem
+    text = not no_text and not source.is_dir()
     with user_errors():
+        clip = _clip_for(clip_checkpoint, clip_model)
+        if clip is None and (no_text or source.is_dir()):
+            raise RetrievalError("image vectors need a CLIP model: give --clip-checkpoint PATH (nothing is downloaded)")
         report = build_index(
             source,
             out,
-            embedder=_embedder_for(model, batch_size, precision, not no_cache),
+            embedder=_embedder_for(model, batch_size, precision, not no_cache) if text else None,
             columns=_parse_columns(columns),
             allow_missing_text=allow_missing_text,
             factory=factory,
             shards=shards,
             memory_budget=_parse_bytes(memory),
+            images=_image_source(clip, images, offline),
+            text=text,
         )
     m = report.manifest
-    click.echo(
-        f"{out}: {m['factory']}, {len(m['shards'])} shard(s), nprobe {m['nprobe']}, "
-        f"10-recall@10 {m['recall_at_10']:.3f}"
-    )
+    for name, section in (("text", m), ("image", m.get("image"))):
+        if section and section["shards"]:
+            click.echo(
+                f"{out} {name}: {section['factory']}, {len(section['shards'])} shard(s), nprobe {section['nprobe']}, "
+                f"10-recall@10 {section['recall_at_10']:.3f}"
+            )
+    if clip is None:
+        click.echo("images: not embedded (no --clip-checkpoint); the index is text only")
     click.echo(report.summary())
 
 
@@ -181,6 +258,7 @@ def index_build(
 @SOURCE
 @INDEX_OPTION
 @embed_options
+@media_options
 @COLUMN_OPTION
 @MISSING_TEXT_OPTION
 def index_add(
@@ -189,6 +267,10 @@ def index_add(
     batch_size: int,
     precision: str | None,
     no_cache: bool,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    images: Path | None,
+    offline: bool,
     columns: tuple[str, ...],
     allow_missing_text: bool,
 ) -> None:
@@ -198,12 +280,14 @@ def index_add(
 
     with user_errors():
         model = read_manifest(index_path)["embedder"]["name"]
+        clip = _clip_for(clip_checkpoint, clip_model, index_path)
         report = add_to_index(
             source,
             index_path,
-            embedder=_embedder_for(model, batch_size, precision, not no_cache),
+            embedder=_embedder_for(model, batch_size, precision, not no_cache) if model else None,
             columns=_parse_columns(columns),
             allow_missing_text=allow_missing_text,
+            images=_image_source(clip, images, offline),
         )
     click.echo(report.summary())
 
@@ -220,13 +304,18 @@ def index_info(index_path: Path, as_json: bool) -> None:
     if as_json:
         _dump(info)
         return
-    for key in ("embedder", "factory", "metric", "nprobe", "recall_at_10", "bytes_per_vector", "next_id", "built_at"):
-        click.echo(f"{key:17} {info[key]}")
-    for shard in info["shards"]:
-        click.echo(
-            f"shard            {shard['file']}  ids {shard['first_id']}..{shard['first_id'] + shard['rows'] - 1}"
-            f"  sha256 {shard['sha256'][:12]}"
-        )
+    keys = ("embedder", "factory", "metric", "nprobe", "recall_at_10", "bytes_per_vector", "next_id", "built_at")
+    for name, section in (("", info), ("image ", info.get("image"))):
+        if not section:
+            continue
+        for key in keys:
+            if key in section:
+                click.echo(f"{name + key:17} {section[key]}")
+        for shard in section["shards"]:
+            click.echo(
+                f"{name + 'shard':17} {shard['file']}  ids {shard['first_id']}..{shard['first_id'] + shard['rows'] - 1}"
+                f"  sha256 {shard['sha256'][:12]}"
+            )
     for key, value in info["table"].items():
         click.echo(f"{key:17} {value}")
 
@@ -305,6 +394,15 @@ def _cut(text: str, width: int) -> str:
 @click.option("--until", type=DATE, default=None, help="Only tweets on or before this date (whole day).")
 @click.option("--min-likes", type=click.IntRange(0), default=None)
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists to visit (default: the tuned value).")
+@click.option("--image", "image_path", default=None, help="Query by an image (file or URL) over the image vectors.")
+@click.option(
+    "--space",
+    type=click.Choice(["text", "clip"]),
+    default="text",
+    show_default=True,
+    help="For TEXT: MPNet over tweet texts, or CLIP's text tower over tweet images.",
+)
+@clip_options
 @click.option("--json", "as_json", is_flag=True)
 def similar(
     text: str | None,
@@ -317,20 +415,28 @@ def similar(
     until: dt.datetime | None,
     min_likes: int | None,
     nprobe: int | None,
+    image_path: str | None,
+    space: str,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
     as_json: bool,
 ) -> None:
-    """Similar past tweets: nearest neighbours of TEXT (or of --id)."""
+    """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
     from retrieval.search import Searcher
 
-    if (text is None) == (tweet_id is None):
-        raise click.UsageError("give either TEXT or --id")
+    if sum(x is not None for x in (text, tweet_id, image_path)) != 1:
+        raise click.UsageError("give one of TEXT, --id or --image")
     filters = _filters(username, company, since, until, min_likes)
     with user_errors():
-        searcher = Searcher.open(index_path)
-        if tweet_id is not None:
+        needs_clip = image_path is not None or space == "clip"
+        clip = _clip_for(clip_checkpoint, clip_model, index_path) if needs_clip else None
+        searcher = Searcher.open(index_path, clip=clip)
+        if image_path is not None:
+            hits = searcher.similar_image(_load_image(image_path), k, filters=filters, nprobe=nprobe)
+        elif tweet_id is not None:
             hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
         else:
-            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe)
+            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe, space=space)
     if as_json:
         _dump([h.to_json() for h in hits])
         return
@@ -344,7 +450,23 @@ def similar(
         date = t["date"].strftime("%Y-%m-%d") if t["date"] else "-"
         likes = "-" if t["likes"] is None else str(t["likes"])
         head = f"{h.rank:>3} {h.score:6.3f} {date:10} {_cut(t['username'] or '-', 18):18} {likes:>7}  "
-        click.echo(head + _cut(t["content"] or "", width - len(head)))
+        click.echo(head + _cut(t["content"] or _media_text(t["media"]), width - len(head)))
+
+
+def _media_text(media: str | None) -> str:
+    """What to show for a tweet without text: its media files or URLs."""
+    items = json.loads(media or "[]")
+    return " ".join(str(m.get("url") or m.get("thumbnail")) for m in items) or "-"
+
+
+def _load_image(source: str) -> Any:
+    """One query image (file or URL), or a one-line error saying why it cannot be used."""
+    from retrieval.media import MediaFetcher
+
+    found = MediaFetcher().fetch([source])[0]
+    if found.image is None:
+        raise RetrievalError(f"{source}: {found.problem}")
+    return found.image
 
 
 @cli.group("eval")
@@ -408,6 +530,8 @@ PARAM_OPTION = click.option(
 @click.option("--company", default=None, help="Its company (default: the one the index knows for the account).")
 @click.option("--date", type=DATE, default=None, help="When it will be posted: only earlier tweets are used.")
 @click.option("--show", type=click.IntRange(0), default=10, show_default=True, help="Neighbours to list.")
+@click.option("--image", "image_path", default=None, help="The tweet's image: its image neighbours join the text ones.")
+@clip_options
 @PARAM_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def predict(
@@ -417,13 +541,15 @@ def predict(
     company: str | None,
     date: dt.datetime | None,
     show: int,
+    image_path: str | None,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
     params: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
     import time
 
-    from retrieval.embed import SentenceEmbedder
     from retrieval.predict import IndexHistory, Query, predict_likes
     from retrieval.reader import IndexReader
     from retrieval.search import Searcher
@@ -434,10 +560,13 @@ def predict(
             raise RetrievalError("the tweet text is empty")
         reader = IndexReader(index_path)
         history = IndexHistory(reader)
-        searcher = Searcher(reader, SentenceEmbedder(reader.embedder["name"]))
+        clip = _clip_for(clip_checkpoint, clip_model, index_path) if image_path is not None else None
+        searcher = Searcher(reader, clip=clip)
+        image = searcher.image_vector(_load_image(image_path)) if image_path is not None else None
         start = time.perf_counter()
         vector = searcher.embedder.encode([text.strip()])
-        found = predict_likes(history, vector, [Query(username, company, date)], config)[0]
+        query = Query(username, company, date)
+        found = predict_likes(history, vector, [query], config, images=[image])[0]
         elapsed_ms = (time.perf_counter() - start) * 1000
     if as_json:
         _dump({**found.to_json(), "elapsed_ms": round(elapsed_ms, 1)})
@@ -456,12 +585,13 @@ def predict(
         click.echo("no earlier tweets with text to compare with")
         return
     width = shutil.get_terminal_size((120, 20)).columns
-    click.echo(f"{'weight':>6} {'score':>6} {'date':10} {'account':18} {'likes':>7}  text")
+    click.echo(f"{'weight':>6} {'score':>6} {'space':5} {'date':10} {'account':18} {'likes':>7}  text")
     for n in found.neighbours[:show]:
         t = n.tweet
         when = t["date"].strftime("%Y-%m-%d") if t.get("date") else "-"
-        head = f"{n.weight:6.3f} {n.score:6.3f} {when:10} {_cut(t.get('username') or '-', 18):18} {n.likes:>7}  "
-        click.echo(head + _cut(t.get("content") or "", width - len(head)))
+        account = _cut(t.get("username") or "-", 18)
+        head = f"{n.weight:6.3f} {n.score:6.3f} {n.space:5} {when:10} {account:18} {n.likes:>7}  "
+        click.echo(head + _cut(t.get("content") or _media_text(t.get("media")), width - len(head)))
     if rest := found.neighbours[show:]:
         click.echo(f"(+{len(rest)} more neighbours, weight {sum(n.weight for n in rest):.3f})")
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from retrieval import store
-from retrieval.data import LoadResult, Reject, load_tweets, write_rejects
+from retrieval.data import TWEET_SCHEMA, LoadResult, Reject, load_tweets, write_rejects
 from retrieval.embed import Embedder, SentenceEmbedder
 from retrieval.embed_cache import CachedEmbedder
-from retrieval.errors import RetrievalError
+from retrieval.errors import DataError, RetrievalError
+from retrieval.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.reader import IndexReader
+from retrieval.store import ImageVectors
+
+if TYPE_CHECKING:
+    from retrieval.embed_clip import ClipEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +42,94 @@ class BuildReport:
     rejects_path: Path | None
     manifest: dict[str, Any]
 
+    images: ImageVectors | None = None
+    text: bool = True
+
     def summary(self) -> str:
         line = f"read {self.read}, indexed {self.indexed}, rejected {self.rejected}"
         if self.rejects_path:
             line += f" (see {self.rejects_path})"
-        if self.metadata_only:
+        if self.text and self.metadata_only:
             line += f"; {self.metadata_only} metadata-only rows without text"
-        return line + f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
+        if self.text:
+            line += f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
+        return line + (f"\n{self.image_summary()}" if self.images is not None else "")
+
+    def image_summary(self) -> str:
+        """How many images were embedded and why the others were not (offline, timeout, ...)."""
+        assert self.images is not None
+        tweets = len(set(self.images.rows.tolist()))
+        line = f"images: {len(self.images.vectors)} embedded for {tweets} tweets"
+        missing = len(self.images.failures)
+        if missing:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.images.missing.items(), key=lambda x: -x[1]))
+            line += f"; {missing} media missing ({reasons})"
+            line += ": their tweets are searchable by text only" if self.text else ""
+        return line
 
 
-def _embed(embedder: Embedder, table: pa.Table, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class ImageSource:
+    """How a build gets and embeds images: a CLIP embedder, a fetcher, and optionally a folder
+    of local copies named by tweet id (`123.jpg`, `123_2.png`), preferred over media URLs."""
+
+    clip: ClipEmbedder
+    fetcher: MediaFetcher
+    folder: Path | None = None
+    batch: int = 128
+    """Images fetched and embedded at a time: decoded images are large, so they never all sit in memory."""
+
+
+def _embed(embedder: Embedder | None, table: pa.Table, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     has_text = np.asarray(pc.is_valid(table.column("content")).to_numpy(zero_copy_only=False), dtype=bool)
+    if embedder is None:
+        return np.zeros((0, 0), "float32"), np.zeros(table.num_rows, bool)
     texts = [t for t in table.column("content").to_pylist() if t is not None]
     return embedder.encode(texts, progress=progress), has_text
+
+
+def _folder_images(folder: Path) -> dict[int, list[str]]:
+    """Local images by tweet id, from file names `<id>.<ext>` or `<id>_<n>.<ext>`."""
+    found: dict[int, list[str]] = {}
+    for path in images_in_folder(folder):
+        head = path.stem.split("_")[0]
+        if head.isdigit():
+            found.setdefault(int(head), []).append(str(path))
+    return found
+
+
+def embed_images(table: pa.Table, source: ImageSource, *, progress: bool = True) -> ImageVectors:
+    """CLIP vectors of every image of every row; an image that cannot be had is counted as missing
+    (with why), never replaced by anything, so its tweet stays searchable by text only."""
+    local = _folder_images(source.folder) if source.folder else {}
+    wanted: list[tuple[int, str]] = []
+    for row, (tweet_id, media) in enumerate(
+        zip(table.column("tweet_id").to_pylist(), table.column("media").to_pylist())
+    ):
+        wanted += [(row, s) for s in local.get(tweet_id, []) or image_sources(media)]
+    vectors, rows, sources = [], [], []
+    failures: list[tuple[int, str, str]] = []
+    chunks = range(0, len(wanted), source.batch)
+    for start in tqdm(chunks, desc="images", unit="batch", disable=not progress or len(chunks) < 2):
+        chunk = wanted[start : start + source.batch]
+        media = source.fetcher.fetch([s for _, s in chunk])
+        good = [(row, m) for (row, _), m in zip(chunk, media) if m.image is not None]
+        if good:
+            vectors.append(source.clip.encode_images([m.image for _, m in good]))
+            rows += [row for row, _ in good]
+            sources += [m.source for _, m in good]
+        failures += [(row, m.source, m.problem or "unknown") for (row, _), m in zip(chunk, media) if m.image is None]
+    clip = source.clip
+    info = {
+        "name": clip.name,
+        "dim": clip.dim,
+        "model": clip.model_name,
+        "checkpoint": str(clip.checkpoint),
+        "model_id": clip.model_id,
+    }
+    if not vectors:
+        vectors.append(np.zeros((0, clip.dim), dtype=np.float32))
+    return ImageVectors(np.vstack(vectors), np.array(rows, dtype=np.int64), sources, info, failures)
 
 
 def _report(
@@ -56,7 +139,8 @@ def _report(
     rejects: list[Reject],
     folder: Path,
     manifest: dict[str, Any],
-    embedder: Embedder,
+    embedder: Embedder | None,
+    images: ImageVectors | None,
 ) -> BuildReport:
     rejects_path = None
     if rejects:
@@ -70,7 +154,36 @@ def _report(
         rejected=len(rejects),
         rejects_path=rejects_path,
         manifest=manifest,
+        images=images,
+        text=bool(manifest["shards"]),
     )
+
+
+def load_image_folder(folder: Path) -> LoadResult:
+    """A folder of images as rows without text, one per image, so an index of pictures alone can be
+    built; a file named by a number keeps it as the tweet id."""
+    paths = images_in_folder(folder)
+    if not paths:
+        raise DataError(f"{folder}: no image files (.jpg, .png, .webp, .gif, ...) in this folder")
+    media = [json.dumps([{"kind": "photo", "url": str(p.resolve()), "thumbnail": None}]) for p in paths]
+    columns: dict[str, list[Any]] = {name: [None] * len(paths) for name in TWEET_SCHEMA.names}
+    columns.update(
+        row=list(range(1, len(paths) + 1)),
+        tweet_id=[int(p.stem) if p.stem.isdigit() and len(p.stem) < 19 else None for p in paths],
+        media=media,
+    )
+    return LoadResult(str(folder), pa.table(columns, schema=TWEET_SCHEMA), len(paths), [])
+
+
+def _only_rows_with_images(loaded: LoadResult, images: ImageVectors) -> tuple[LoadResult, ImageVectors]:
+    """In a folder of images an image is the whole row: one that cannot be read is a reject."""
+    keep = np.zeros(loaded.table.num_rows, bool)
+    keep[images.rows] = True
+    new_row = np.cumsum(keep) - 1
+    numbers = loaded.table.column("row").to_pylist()
+    rejects = [Reject(numbers[row], "media", problem, source) for row, source, problem in images.failures]
+    kept = LoadResult(loaded.path, loaded.table.filter(pa.array(keep)), loaded.read, list(loaded.rejects) + rejects)
+    return kept, dataclasses.replace(images, rows=new_row[images.rows], failures=[])
 
 
 def build_index(
@@ -84,23 +197,39 @@ def build_index(
     shards: int = 1,
     memory_budget: float = 4 * 2**30,
     progress: bool = True,
+    images: ImageSource | None = None,
+    text: bool = True,
 ) -> BuildReport:
-    """Build a new index at `out` from one tweet file (parquet, CSV, JSON Lines or xlsx)."""
-    loaded = load_tweets(source, columns, require_text=not allow_missing_text)
-    embedder = embedder or SentenceEmbedder("mpnet")
-    vectors, has_vector = _embed(embedder, loaded.table, progress)
+    """Build a new index at `out` from a tweet file (parquet, CSV, JSON Lines or xlsx) or a folder
+    of images; text vectors unless `text=False`, image vectors when `images` says how."""
+    source = Path(source)
+    if source.is_dir():
+        if images is None:
+            raise RetrievalError(f"{source}: a folder of images needs a CLIP model: give --clip-checkpoint PATH")
+        loaded, text = load_image_folder(source), False
+    else:
+        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
+    if text:
+        embedder = embedder or SentenceEmbedder("mpnet")
+    vectors, has_vector = _embed(embedder if text else None, loaded.table, progress)
+    image_vectors = embed_images(loaded.table, images, progress=progress) if images else None
+    if source.is_dir() and image_vectors is not None:
+        loaded, image_vectors = _only_rows_with_images(loaded, image_vectors)
+        has_vector = np.zeros(loaded.table.num_rows, bool)
     manifest = store.build(
         Path(out),
         vectors,
         loaded.table,
         has_vector,
-        embedder={"name": embedder.name, "dim": embedder.dim},
+        embedder={"name": embedder.name, "dim": embedder.dim} if text and embedder else {"name": None, "dim": 0},
         factory=factory,
         shards=shards,
         memory_budget=memory_budget,
         source=str(source),
+        images=image_vectors,
     )
-    return _report(loaded, loaded.table, has_vector, list(loaded.rejects), Path(out), manifest, embedder)
+    used = embedder if text else None
+    return _report(loaded, loaded.table, has_vector, list(loaded.rejects), Path(out), manifest, used, image_vectors)
 
 
 def add_to_index(
@@ -111,21 +240,42 @@ def add_to_index(
     columns: Mapping[str, str] | None = None,
     allow_missing_text: bool = False,
     progress: bool = True,
+    images: ImageSource | None = None,
 ) -> BuildReport:
-    """Append a file's tweets as a new shard; ids already in the index are rejected as duplicates."""
+    """Append a file's tweets as a new shard; ids already in the index are rejected as duplicates.
+
+    The index's vector sets are extended as it was built: text vectors when it has them, image
+    vectors when it has them and `images` is given (else the new tweets are searchable by text only).
+    """
     path = Path(path)
     manifest = store.read_manifest(path)
-    loaded = load_tweets(source, columns, require_text=not allow_missing_text)
+    text = bool(manifest["shards"])
+    loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
     table, rejects = _drop_known_ids(path, loaded)
-    if embedder is None:
-        embedder = SentenceEmbedder(manifest["embedder"]["name"])
-    if embedder.dim != manifest["embedder"]["dim"]:
+    if text:
+        embedder = embedder or SentenceEmbedder(manifest["embedder"]["name"])
+        if embedder.dim != manifest["embedder"]["dim"]:
+            raise RetrievalError(
+                f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d"
+            )
+    if images is not None:
+        _check_same_clip(path, manifest, images.clip)
+    elif "image" in manifest:
+        log.warning("%s has image vectors but no CLIP model was given: the new tweets' images are not embedded", path)
+    vectors, has_vector = _embed(embedder if text else None, table, progress)
+    image_vectors = embed_images(table, images, progress=progress) if images else None
+    manifest = store.add(path, vectors, table, has_vector, source=str(source), images=image_vectors)
+    return _report(loaded, table, has_vector, rejects, path, manifest, embedder if text else None, image_vectors)
+
+
+def _check_same_clip(path: Path, manifest: dict[str, Any], clip: ClipEmbedder) -> None:
+    built = manifest.get("image", {}).get("embedder")
+    if built is None:
+        raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with --clip-checkpoint")
+    if built["model_id"] != clip.model_id:
         raise RetrievalError(
-            f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d"
+            f"{path}: image vectors were made by {built['model_id']}, not {clip.model_id}; use the same checkpoint"
         )
-    vectors, has_vector = _embed(embedder, table, progress)
-    manifest = store.add(path, vectors, table, has_vector, source=str(source))
-    return _report(loaded, table, has_vector, rejects, path, manifest, embedder)
 
 
 def _drop_known_ids(path: Path, loaded: LoadResult) -> tuple[pa.Table, list[Reject]]:

@@ -150,7 +150,10 @@ class ArrayHistory:
         if not self.seen(query.date).any():
             raise RetrievalError(f"no tweets with likes before {query.date}")
 
-    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
+    def neighbours(
+        self, vector: np.ndarray, query: Query, config: PredictConfig, image: np.ndarray | None = None
+    ) -> Found:
+        """Text neighbours only: cross-validation arrays hold no image vectors, so `image` is unused."""
         scores = np.where(self.seen(query.date)[self.vector_rows], self.vectors @ vector, -np.inf)
         picked = list(_top(scores, config.k))
         user = key(query.username)

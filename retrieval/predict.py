@@ -67,6 +67,10 @@ class PredictConfig:
     """Residual-scale factor of the interval, tuned so 80% intervals cover about 80%."""
     level: float = 0.8
     """Nominal coverage of the interval."""
+    image_weight: float = 0.5
+    """Share of the neighbour weight given to image neighbours when the tweet has an image (CLIP
+    space); the rest goes to text neighbours. Not tuned: no CLIP weights or images were available
+    offline to tune it on (docs/images.md)."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_account < 0:
@@ -75,6 +79,8 @@ class PredictConfig:
             raise RetrievalError("temperature, account_boost and interval_scale must be positive")
         if not 0 < self.level < 1:
             raise RetrievalError(f"level must be in (0, 1), got {self.level}")
+        if not 0 <= self.image_weight <= 1:
+            raise RetrievalError(f"image_weight must be in [0, 1], got {self.image_weight}")
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,26 @@ class Found:
     usernames: list[str | None]
     companies: list[str | None]
     rows: list[dict[str, Any]] | None = None
+    spaces: list[str] | None = None
+    """text or image per neighbour; None when all are text neighbours."""
+
+
+def neighbour_weights(found: Found, same: np.ndarray, config: PredictConfig) -> np.ndarray:
+    """Softmax of similarity (own-account neighbours boosted), taken within each space.
+
+    Cosines of MPNet and CLIP are on different scales, so text and image neighbours are never
+    in one softmax: each space's weights sum to its share (image_weight for images).
+    """
+    logits = found.scores / config.temperature + np.where(same, math.log(config.account_boost), 0.0)
+    spaces = np.array(found.spaces or ["text"] * len(found.ids))
+    present = sorted(set(spaces.tolist()))
+    weights = np.zeros(len(found.ids))
+    for space in present:
+        part = spaces == space
+        w = np.exp(logits[part] - logits[part].max())
+        share = 1.0 if len(present) == 1 else config.image_weight if space == "image" else 1 - config.image_weight
+        weights[part] = share * w / w.sum()
+    return weights / weights.sum()
 
 
 @dataclass(frozen=True)
@@ -189,6 +215,7 @@ class Neighbour:
     residual: float
     same_account: bool
     tweet: dict[str, Any] = field(default_factory=dict)
+    space: str = "text"
 
     def to_json(self) -> dict[str, Any]:
         date = self.tweet.get("date")
@@ -199,6 +226,7 @@ class Neighbour:
             "likes": self.likes,
             "residual_log1p": round(self.residual, 4),
             "same_account": self.same_account,
+            "space": self.space,
             "date": date.isoformat() if date else None,
             "username": self.tweet.get("username"),
             "content": self.tweet.get("content"),
@@ -265,9 +293,7 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
     same = np.array([key(u) == user and user is not None for u in found.usernames], dtype=bool)
     tail = (1 - config.level) / 2
     if len(found.ids):
-        logits = found.scores / config.temperature + np.where(same, math.log(config.account_boost), 0.0)
-        weights = np.exp(logits - logits.max())
-        weights /= weights.sum()
+        weights = neighbour_weights(found, same, config)
         own = [
             stats.prior(u, c, stats.mean, config, leave_out=float(y)).value
             for u, c, y in zip(found.usernames, found.companies, found.values)
@@ -286,9 +312,12 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
         z = NormalDist().inv_cdf(1 - tail) * stats.std * config.interval_scale
         low, high = -z, z
     rows = found.rows or [{} for _ in found.ids]
+    spaces = found.spaces or ["text"] * len(found.ids)
     neighbours = [
-        Neighbour(int(i), float(s), float(w), int(round(math.expm1(y))), float(r), bool(o), row)
-        for i, s, w, y, r, o, row in zip(found.ids, found.scores, weights, found.values, residuals, same, rows)
+        Neighbour(int(i), float(s), float(w), int(round(math.expm1(y))), float(r), bool(o), row, space)
+        for i, s, w, y, r, o, row, space in zip(
+            found.ids, found.scores, weights, found.values, residuals, same, rows, spaces
+        )
     ]
     neighbours.sort(key=lambda n: -n.weight)
     return LikesPrediction(
@@ -306,22 +335,31 @@ class History(Protocol):
 
     def check(self, query: Query) -> None: ...
 
-    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found: ...
+    def neighbours(
+        self, vector: np.ndarray, query: Query, config: PredictConfig, image: np.ndarray | None = None
+    ) -> Found: ...
 
     def stats(self, cutoff: dt.datetime | None) -> GroupStats: ...
 
 
 def predict_likes(
-    history: History, vectors: np.ndarray, queries: Sequence[Query], config: PredictConfig | None = None
+    history: History,
+    vectors: np.ndarray,
+    queries: Sequence[Query],
+    config: PredictConfig | None = None,
+    *,
+    images: Sequence[np.ndarray | None] | None = None,
 ) -> list[LikesPrediction]:
-    """One prediction per (vector, query) pair: vectors are L2-normalised text embeddings."""
+    """One prediction per (vector, query) pair: vectors are L2-normalised text embeddings; `images`,
+    when given, holds each tweet's CLIP image vector (or None), whose neighbours join the text ones."""
     config = config or PredictConfig()
-    if len(vectors) != len(queries):
+    if len(vectors) != len(queries) or (images is not None and len(images) != len(queries)):
         raise RetrievalError(f"{len(vectors)} vectors for {len(queries)} queries")
     out = []
-    for vector, query in zip(np.asarray(vectors, dtype=np.float32), queries):
+    for n, (vector, query) in enumerate(zip(np.asarray(vectors, dtype=np.float32), queries)):
         history.check(query)
-        out.append(combine(history.neighbours(vector, query, config), history.stats(query.date), query, config))
+        found = history.neighbours(vector, query, config, images[n] if images is not None else None)
+        out.append(combine(found, history.stats(query.date), query, config))
     return out
 
 
@@ -352,22 +390,37 @@ class IndexHistory:
         if query.date is not None and self.last_date is not None and query.date > self.last_date:
             log.info("%s is after the last dated tweet (%s): all dated history is used", query.date, self.last_date)
 
-    def neighbours(self, vector: np.ndarray, query: Query, config: PredictConfig) -> Found:
-        until = query.date - dt.timedelta(microseconds=1) if query.date else None
-        found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0))[0]
-        if config.k_account and key(query.username):
-            own = Filters(username=query.username, until=until, min_likes=0)
-            seen = {i for i, _ in found}
-            found += [h for h in self.reader.search(vector[None], config.k_account, filters=own)[0] if h[0] not in seen]
-        rows = self.reader.rows([i for i, _ in found])
+    def neighbours(
+        self, vector: np.ndarray, query: Query, config: PredictConfig, image: np.ndarray | None = None
+    ) -> Found:
+        """Text neighbours and, for a tweet with an image in an index with image vectors, image
+        neighbours too (each space searched with the same filters, weighted apart in `combine`)."""
+        found = [(i, s, "text") for i, s in self._search(vector, query, config, "text")]
+        if image is not None and "image" in self.reader.sets:
+            found += [(i, s, "image") for i, s in self._search(image, query, config, "image")]
+        by_id = {r["vec_id"]: r for r in self.reader.rows(sorted({i for i, _, _ in found}))}
+        found = [f for f in found if f[0] in by_id]
+        rows = [by_id[i] for i, _, _ in found]
         return Found(
-            ids=np.array([r["vec_id"] for r in rows], dtype=np.int64),
-            scores=np.array([s for _, s in found], dtype=np.float64),
+            ids=np.array([i for i, _, _ in found], dtype=np.int64),
+            scores=np.array([s for _, s, _ in found], dtype=np.float64),
             values=np.log1p(np.array([r["likes"] for r in rows], dtype=np.float64)),
             usernames=[r["username"] for r in rows],
             companies=[r["company"] for r in rows],
             rows=rows,
+            spaces=[space for _, _, space in found],
         )
+
+    def _search(self, vector: np.ndarray, query: Query, config: PredictConfig, space: str) -> list[tuple[int, float]]:
+        """k neighbours with likes from before the query, plus k_account more from its own account."""
+        until = query.date - dt.timedelta(microseconds=1) if query.date else None
+        found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0), space=space)[0]
+        if config.k_account and key(query.username):
+            own = Filters(username=query.username, until=until, min_likes=0)
+            seen = {i for i, _ in found}
+            more = self.reader.search(vector[None], config.k_account, filters=own, space=space)[0]
+            found += [h for h in more if h[0] not in seen]
+        return found
 
     def stats(self, cutoff: dt.datetime | None) -> GroupStats:
         if cutoff not in self._stats:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,48 @@ import faiss
 import numpy as np
 
 from retrieval import index as fx
-from retrieval.errors import IndexCorrupt
+from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.store import COLUMNS, SELECT_COLUMNS, Filters, open_shards, read_manifest
 
 log = logging.getLogger(__name__)
+
+IMAGES_PER_TWEET = 4
+"""Image hits asked per wanted tweet: a tweet has up to four images, and counts once."""
+
+
+SPACES = ("text", "image")
+"""The vector sets an index can hold: text (MPNet or MiniLM) and image (CLIP)."""
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """One vector set of an index and how its FAISS positions map to vec_ids.
+
+    Text vectors sit at their vec_id; image vectors have positions of their own (a tweet may
+    have several images or none), mapped back through `owners`.
+    """
+
+    name: str
+    section: dict[str, Any]
+    shards: list[fx.Shard]
+    owners: np.ndarray | None = None
+    """vec_id of each image position; None for the text set, whose positions are vec_ids."""
+
+    @property
+    def embedder(self) -> dict[str, Any]:
+        return self.section["embedder"]
+
+    @property
+    def nprobe(self) -> int:
+        return int(self.section["nprobe"])
+
+    @property
+    def nlist(self) -> int:
+        return max((fx.nlist_of_index(s.index) for s in self.shards), default=0)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(s.index.ntotal for s in self.shards)
 
 
 class IndexReader:
@@ -24,11 +63,20 @@ class IndexReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        self.shards = _to_gpu(open_shards(self.path, self.manifest))
         try:
             self.con = duckdb.connect(str(self.path / "meta.duckdb"), read_only=True)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
+        self.sets = {"text": VectorSet("text", self.manifest, _to_gpu(open_shards(self.path, self.manifest)))}
+        if "image" in self.manifest:
+            section = self.manifest["image"]
+            owners = self.con.execute("SELECT vec_id FROM image_vectors ORDER BY pos").fetchnumpy()["vec_id"]
+            shards = _to_gpu(open_shards(self.path, section))
+            self.sets["image"] = VectorSet("image", section, shards, np.asarray(owners, dtype=np.int64))
+
+    @property
+    def shards(self) -> list[fx.Shard]:
+        return self.sets["text"].shards
 
     @property
     def embedder(self) -> dict[str, Any]:
@@ -36,11 +84,19 @@ class IndexReader:
 
     @property
     def nprobe(self) -> int:
-        return int(self.manifest["nprobe"])
+        return self.sets["text"].nprobe
 
     @property
     def nlist(self) -> int:
-        return max((fx.nlist_of_index(s.index) for s in self.shards), default=0)
+        return self.sets["text"].nlist
+
+    def vector_set(self, space: str) -> VectorSet:
+        """The named vector set, or a one-line error saying how to get it."""
+        found = self.sets.get(space)
+        if found is None or not found.shards:
+            how = "build it with --clip-checkpoint and media" if space == "image" else "build it from tweets with text"
+            raise RetrievalError(f"{self.path}: the index holds no {space} vectors; {how}")
+        return found
 
     def close(self) -> None:
         self.con.close()
@@ -51,13 +107,16 @@ class IndexReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
-        """Sorted vec_ids that pass the filters, or None when nothing is filtered."""
+    def allowed_positions(self, filters: Filters | None, space: str = "text") -> np.ndarray | None:
+        """Sorted positions in a vector set whose tweets pass the filters, or None when nothing is filtered."""
         if filters is None or not filters.active():
             return None
         where, params = filters.where()
-        found = self.con.execute(f"SELECT vec_id FROM tweets WHERE {where} ORDER BY vec_id", params).fetchnumpy()
-        return np.asarray(found["vec_id"], dtype=np.int64)
+        if space == "text":
+            sql = f"SELECT vec_id AS pos FROM tweets WHERE has_vector AND {where} ORDER BY vec_id"
+        else:
+            sql = f"SELECT i.pos FROM image_vectors i JOIN tweets USING (vec_id) WHERE {where} ORDER BY i.pos"
+        return np.asarray(self.con.execute(sql, params).fetchnumpy()["pos"], dtype=np.int64)
 
     def search(
         self,
@@ -67,33 +126,45 @@ class IndexReader:
         filters: Filters | None = None,
         nprobe: int | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
+        space: str = "text",
     ) -> list[list[tuple[int, float]]]:
-        """Per query, up to k (vec_id, score) pairs, best first.
+        """Per query, up to k (vec_id, score) pairs, best first, one per tweet.
 
         A filter that admits a fraction f of the vectors visits nprobe / f lists, so about as
         many admitted vectors are scanned as an unfiltered query scans (the tuned recall
         holds). One that still comes back short is repeated over every list, so it returns k
-        results whenever k exist.
+        results whenever k exist. In the image set a tweet with several images counts once,
+        at its best image.
         """
-        allowed = self.allowed_ids(filters)
+        vset = self.vector_set(space)
+        allowed = self.allowed_positions(filters, space)
+        owner = vset.owners
         if allowed is not None and exclude:
-            allowed = allowed[~np.isin(allowed, list(exclude))]
-        nprobe = nprobe or self.nprobe
-        if allowed is not None and self.nlist:
-            fraction = max(len(allowed), 1) / max(sum(s.index.ntotal for s in self.shards), 1)
-            nprobe = min(self.nlist, math.ceil(nprobe / fraction))
-        asked = k + len(exclude)
-        scores, ids = fx.search(self.shards, queries, asked, nprobe=nprobe, allowed=allowed)
-        if allowed is not None and self.nlist > nprobe:
+            owned = allowed if owner is None else owner[allowed]
+            allowed = allowed[~np.isin(owned, list(exclude))]
+        nprobe = nprobe or vset.nprobe
+        if allowed is not None and vset.nlist:
+            fraction = max(len(allowed), 1) / max(vset.ntotal, 1)
+            nprobe = min(vset.nlist, math.ceil(nprobe / fraction))
+        asked = k + len(exclude) if owner is None else IMAGES_PER_TWEET * (k + len(exclude))
+        scores, ids = fx.search(vset.shards, queries, asked, nprobe=nprobe, allowed=allowed)
+        if allowed is not None and vset.nlist > nprobe:
             wanted = min(k, len(allowed))
             short = (ids >= 0).sum(axis=1) < wanted
             if short.any():
-                retry = fx.search(self.shards, queries[short], asked, nprobe=self.nlist, allowed=allowed)
+                retry = fx.search(vset.shards, queries[short], asked, nprobe=vset.nlist, allowed=allowed)
                 scores[short], ids[short] = retry
-        return [
-            [(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0 and int(i) not in exclude][:k]
-            for row_s, row_i in zip(scores, ids)
-        ]
+        out = []
+        for row_s, row_i in zip(scores, ids):
+            best: dict[int, float] = {}
+            for s, i in zip(row_s, row_i):
+                if i < 0:
+                    continue
+                vec_id = int(i) if owner is None else int(owner[i])
+                if vec_id not in exclude and vec_id not in best:
+                    best[vec_id] = float(s)
+            out.append(list(best.items())[:k])
+        return out
 
     def rows(self, vec_ids: list[int]) -> list[dict[str, Any]]:
         """Metadata rows in the order of vec_ids."""
@@ -142,7 +213,15 @@ class IndexReader:
             "first_date": first.isoformat() if first else None,
             "last_date": last.isoformat() if last else None,
             "rows_with_likes": with_likes,
+            **self._image_stats(),
         }
+
+    def _image_stats(self) -> dict[str, Any]:
+        if "image" not in self.sets:
+            return {}
+        (images, tweets) = self.con.execute("SELECT count(*), count(DISTINCT vec_id) FROM image_vectors").fetchone()
+        missing = self.manifest["image"].get("missing_media", {})
+        return {"image_vectors": images, "tweets_with_images": tweets, "missing_media": sum(missing.values())}
 
 
 def _to_gpu(shards: list[fx.Shard]) -> list[fx.Shard]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +13,11 @@ from retrieval.embed import Embedder, SentenceEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
 from retrieval.store import Filters
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from retrieval.embed_clip import ClipEmbedder
 
 
 @dataclass(frozen=True)
@@ -32,28 +37,79 @@ class Hit:
 
 
 class Searcher:
-    """An index plus the embedder it was built with; queries go through the same model."""
+    """An index plus the models it was built with; queries go through the same models.
 
-    def __init__(self, reader: IndexReader, embedder: Embedder) -> None:
-        if embedder.dim != reader.embedder["dim"]:
+    The text model loads on first use, so image queries never pay for it. The CLIP model is
+    given by the caller (its checkpoint is a file the user owns), or None for text only.
+    """
+
+    def __init__(
+        self, reader: IndexReader, embedder: Embedder | None = None, *, clip: ClipEmbedder | None = None
+    ) -> None:
+        if embedder is not None and embedder.dim != reader.embedder["dim"]:
             raise RetrievalError(
                 f"{reader.path}: index holds {reader.embedder['dim']}-d vectors, "
                 f"embedder {embedder.name} gives {embedder.dim}-d"
             )
+        image = reader.manifest.get("image", {}).get("embedder")
+        if clip is not None and image is not None and image["model_id"] != clip.model_id:
+            raise RetrievalError(
+                f"{reader.path}: image vectors were made by {image['model_id']}, not {clip.model_id};"
+                " give the checkpoint the index was built with"
+            )
         self.reader = reader
-        self.embedder = embedder
+        self._embedder = embedder
+        self.clip = clip
 
     @classmethod
-    def open(cls, path: str | Path, embedder: Embedder | None = None) -> Searcher:
-        reader = IndexReader(path)
-        return cls(reader, embedder or SentenceEmbedder(reader.embedder["name"]))
+    def open(cls, path: str | Path, embedder: Embedder | None = None, *, clip: ClipEmbedder | None = None) -> Searcher:
+        return cls(IndexReader(path), embedder, clip=clip)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The text model the index was built with, loaded when first needed."""
+        if self._embedder is None:
+            name = self.reader.embedder["name"]
+            if name is None:
+                raise RetrievalError(f"{self.reader.path}: the index holds no text vectors; query it with an image")
+            self._embedder = SentenceEmbedder(name)
+        return self._embedder
+
+    def _clip(self) -> ClipEmbedder:
+        if self.clip is None:
+            raise RetrievalError("image search needs the CLIP model: give --clip-checkpoint PATH")
+        return self.clip
 
     def similar(
-        self, text: str, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
+        self,
+        text: str,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        nprobe: int | None = None,
+        space: str = "text",
     ) -> list[Hit]:
+        """Tweets near a text: by MPNet over tweet texts (`text`), or by CLIP over their images (`clip`)."""
         if not text or not text.strip():
             raise RetrievalError("the query text is empty")
+        if space == "clip":
+            query = self._clip().encode([text.strip()])
+            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
+        if space != "text":
+            raise RetrievalError(f"unknown space {space!r}; use text or clip")
         return self.similar_vectors(self.embedder.encode([text.strip()]), k, filters=filters, nprobe=nprobe)[0]
+
+    def image_vector(self, image: PIL.Image.Image) -> np.ndarray:
+        """The CLIP vector of one image, checked against an index that has image vectors."""
+        self.reader.vector_set("image")
+        return self._clip().encode_images([image])[0]
+
+    def similar_image(
+        self, image: PIL.Image.Image, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
+    ) -> list[Hit]:
+        """Tweets whose images look like this one (CLIP image vectors)."""
+        query = self.image_vector(image)[None]
+        return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
 
     def similar_to_tweet(
         self, tweet_id: int, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
@@ -75,10 +131,11 @@ class Searcher:
         filters: Filters | None = None,
         nprobe: int | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
+        space: str = "text",
     ) -> list[list[Hit]]:
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
-        found = self.reader.search(queries, k, filters=filters, nprobe=nprobe, exclude=exclude)
+        found = self.reader.search(queries, k, filters=filters, nprobe=nprobe, exclude=exclude, space=space)
         rows = {r["vec_id"]: r for r in self.reader.rows(sorted({i for hits in found for i, _ in hits}))}
         return [[Hit(rank, score, rows[i]) for rank, (i, score) in enumerate(hits, 1)] for hits in found]
 

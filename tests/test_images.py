@@ -1,0 +1,188 @@
+"""Image vectors in an index: folder and tweet builds, image search, filters, add, prediction, CLI.
+
+CLIP runs with random ViT-S-32 weights loaded through a checkpoint file (no weights ship
+anywhere), so these tests check the mechanics, not what the neighbours mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import LABELLED, make_image
+
+from retrieval import store
+from retrieval.build import ImageSource, add_to_index, build_index
+from retrieval.errors import RetrievalError
+from retrieval.media import MediaFetcher
+from retrieval.predict import IndexHistory, PredictConfig, Query, predict_likes
+from retrieval.reader import IndexReader
+from retrieval.search import Searcher
+from retrieval.store import Filters
+
+
+def _source(clip_embedder, folder: Path | None = None) -> ImageSource:
+    return ImageSource(clip_embedder, MediaFetcher(network=False), folder=folder, batch=16)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 real labelled tweets that have ids (their media URLs are dead offline)."""
+    table = pq.read_table(LABELLED)
+    table = table.filter(pc.is_valid(table.column("id"))).slice(0, 120)
+    path = tmp_path_factory.mktemp("labelled") / "labelled.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_images(tmp_path_factory: pytest.TempPathFactory, labelled: Path) -> Path:
+    """Local pictures for 30 of those tweets, named by tweet id; tweet 1 has two, one of them broken."""
+    folder = tmp_path_factory.mktemp("local")
+    ids = pq.read_table(labelled).column("id").to_pylist()[:30]
+    for seed, tweet_id in enumerate(ids):
+        make_image(100 + seed).save(folder / f"{tweet_id}.png")
+    make_image(999).save(folder / f"{ids[0]}_2.jpg")
+    (folder / f"{ids[1]}_2.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_index(tmp_path_factory, labelled: Path, local_images: Path, minilm, clip_embedder) -> Path:
+    out = tmp_path_factory.mktemp("idx") / "both"
+    build_index(labelled, out, embedder=minilm, images=_source(clip_embedder, local_images), progress=False)
+    return out
+
+
+def test_folder_of_images_finds_the_same_image_first(tmp_path: Path, image_folder: Path, clip_embedder) -> None:
+    report = build_index(image_folder, tmp_path / "pics", images=_source(clip_embedder), progress=False)
+    manifest = report.manifest
+    assert manifest["shards"] == [] and manifest["image"]["shards"][0]["rows"] == 8
+    assert report.rejected == 0 and "8 embedded" in report.summary()
+    assert store.verify(tmp_path / "pics") == []
+    searcher = Searcher.open(tmp_path / "pics", clip=clip_embedder)
+    for name in ("img3.png", "img4.jpg"):
+        image = MediaFetcher(network=False).fetch([str(image_folder / name)])[0].image
+        hits = searcher.similar_image(image, k=3)
+        assert json.loads(hits[0].tweet["media"])[0]["url"].endswith(name)
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[1].score < hits[0].score
+    with pytest.raises(RetrievalError, match="no text vectors"):
+        searcher.similar("a burger", k=3)
+
+
+def test_a_broken_image_in_a_folder_is_a_reject(tmp_path: Path, image_folder: Path, clip_embedder) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    make_image(1).save(folder / "ok.png")
+    (folder / "broken.jpg").write_bytes(b"not an image at all")
+    report = build_index(folder, tmp_path / "idx", images=_source(clip_embedder), progress=False)
+    assert (report.indexed, report.rejected) == (1, 1)
+    reject = json.loads((tmp_path / "idx" / "rejects.jsonl").read_text())
+    assert reject["field"] == "media" and reject["value"].endswith("broken.jpg")
+
+
+def test_tweets_get_local_images_and_count_missing_media(image_index: Path, labelled: Path) -> None:
+    manifest = store.read_manifest(image_index)
+    with duckdb.connect(str(image_index / "meta.duckdb"), read_only=True) as con:
+        per_tweet = dict(con.execute("SELECT vec_id, count(*) FROM image_vectors GROUP BY 1").fetchall())
+        missing = con.execute("SELECT problem, count(*) FROM missing_media GROUP BY 1").fetchall()
+        with_media = con.execute("SELECT count(*) FROM tweets WHERE media <> '[]'").fetchone()[0]
+    assert len(per_tweet) == 30 and sorted(per_tweet.values())[-1] == 2, "tweet 1 has two images"
+    assert sum(per_tweet.values()) == manifest["image"]["shards"][0]["rows"] == 31
+    assert dict(missing) == manifest["image"]["missing_media"]
+    assert "corrupt image" in dict(missing) or "not an image" in dict(missing)
+    assert "offline" in dict(missing), "dead URLs of the tweets without local copies are missing, never noise"
+    assert with_media > 0 and store.verify(image_index) == []
+
+
+def test_image_search_filters_and_counts_each_tweet_once(image_index: Path, local_images: Path, clip_embedder) -> None:
+    searcher = Searcher.open(image_index, clip=clip_embedder)
+    image = MediaFetcher(network=False).fetch([str(next(local_images.glob("*_2.jpg")))])[0].image
+    hits = searcher.similar_image(image, k=10)
+    ids = [h.tweet["vec_id"] for h in hits]
+    assert len(ids) == len(set(ids)) == 10
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    account = hits[3].tweet["username"]
+    only = searcher.similar_image(image, k=5, filters=Filters(username=account))
+    assert only and {h.tweet["username"] for h in only} == {account}
+    text_hits = searcher.similar("a new store opening", k=5, space="clip")
+    assert len(text_hits) == 5, "a text query through CLIP's text tower searches the image vectors"
+
+
+@pytest.mark.parametrize("first_images", [True, False], ids=["grows", "starts"])
+def test_add_extends_the_image_set(
+    tmp_path: Path, labelled: Path, local_images: Path, minilm, clip_embedder, first_images
+) -> None:
+    copy = tmp_path / "idx"
+    folder = local_images if first_images else None
+    build_index(labelled, copy, embedder=minilm, images=_source(clip_embedder, folder), progress=False)
+    more = tmp_path / "more.parquet"
+    table = pq.read_table(LABELLED)
+    table = table.filter(pc.is_valid(table.column("id"))).slice(120, 20)
+    pq.write_table(table, more)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    new_id = table.column("id").to_pylist()[0]
+    make_image(4242).save(folder / f"{new_id}.png")
+    report = add_to_index(more, copy, embedder=minilm, images=_source(clip_embedder, folder), progress=False)
+    assert len(report.manifest["image"]["shards"]) == (2 if first_images else 1) and store.verify(copy) == []
+    hits = Searcher.open(copy, clip=clip_embedder).similar_image(make_image(4242), k=1)
+    assert hits[0].tweet["tweet_id"] == new_id
+
+
+def test_prediction_weighs_image_neighbours_apart(image_index: Path, local_images: Path, minilm, clip_embedder) -> None:
+    reader = IndexReader(image_index)
+    history = IndexHistory(reader)
+    config = PredictConfig(k=20, k_account=5, image_weight=0.3)
+    text = minilm.encode(["Our new burger is here <hyperlink>"])
+    image = clip_embedder.encode_images([make_image(105)])[0]
+    query = [Query("TimHortonsPH")]
+    with_image = predict_likes(history, text, query, config, images=[image])[0]
+    text_only = predict_likes(history, text, query, config)[0]
+    weight = {"text": 0.0, "image": 0.0}
+    for n in with_image.neighbours:
+        weight[n.space] += n.weight
+    assert weight["image"] == pytest.approx(0.3) and weight["text"] == pytest.approx(0.7)
+    assert {n.space for n in text_only.neighbours} == {"text"}
+    assert with_image.log_likes != text_only.log_likes
+
+
+def test_cli_without_a_checkpoint_is_one_line(tmp_path: Path, minilm_index: Path, image_folder: Path) -> None:
+    from cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["similar", "--image", str(image_folder / "img1.png"), "--index", str(minilm_index)])
+    assert result.exit_code == 1 and "--clip-checkpoint" in result.output and len(result.output.splitlines()) == 1
+    result = runner.invoke(cli, ["index", "build", str(image_folder), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "--clip-checkpoint" in result.output and not (tmp_path / "x").exists()
+
+
+def test_cli_builds_and_queries_images(tmp_path: Path, image_folder: Path, clip_checkpoint: Path) -> None:
+    from cli import cli
+
+    runner = CliRunner()
+    out = tmp_path / "pics"
+    clip = ["--clip-checkpoint", str(clip_checkpoint), "--clip-model", "ViT-S-32"]
+    result = runner.invoke(cli, ["index", "build", str(image_folder), "--out", str(out), *clip])
+    assert result.exit_code == 0, result.output
+    assert "images: 8 embedded" in result.output
+    query = str(image_folder / "img5.png")
+    result = runner.invoke(cli, ["similar", "--image", query, "--index", str(out), "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["media"][0]["url"].endswith("img5.png"), "the checkpoint comes from the index"
+    result = runner.invoke(cli, ["similar", "--image", str(tmp_path / "nope.png"), "--index", str(out)])
+    assert result.exit_code == 1 and "nope.png" in result.output
+
+
+def test_image_set_needs_its_own_model(image_index: Path, minilm) -> None:
+    reader = IndexReader(image_index)
+    assert reader.vector_set("image").ntotal == 31
+    with pytest.raises(RetrievalError, match="image search needs the CLIP model"):
+        Searcher(reader, minilm).similar_image(make_image(1))
+    assert np.isfinite([s for _, s in reader.search(minilm.encode(["hello"]), 3)[0]]).all()
