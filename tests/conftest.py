@@ -56,3 +56,61 @@ def minilm_index(tmp_path_factory: pytest.TempPathFactory, sample_parquet: Path,
     out = tmp_path_factory.mktemp("indexes") / "sample"
     build_index(sample_parquet, out, embedder=minilm, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def clip_random_model():
+    """A ViT-S-32 with random weights (seeded): no CLIP weights ship anywhere, so tests use these."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-S-32", pretrained=None)
+    return model.eval(), preprocess
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory, clip_random_model) -> Path:
+    """The random ViT-S-32 saved as .safetensors: what --clip-checkpoint is given in tests."""
+    from retrieval.embed_clip import save_checkpoint
+
+    return save_checkpoint(clip_random_model[0], tmp_path_factory.mktemp("clip") / "vit-s-32.safetensors")
+
+
+@pytest.fixture(scope="session")
+def clip_embedder(clip_checkpoint: Path):
+    """ClipEmbedder('ViT-S-32') on the CPU, loaded back from `clip_checkpoint`."""
+    from retrieval.embed_clip import ClipEmbedder
+
+    return ClipEmbedder("ViT-S-32", clip_checkpoint, device="cpu")
+
+
+def make_image(seed: int, size: tuple[int, int] = (160, 120)):
+    """A distinct, deterministic picture: a two-colour gradient with a coloured disc and some noise."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    start, end = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0.0, 1.0, width)[None, :, None]
+    pixels = start * (1 - ramp) + end * ramp + rng.normal(0, 12, (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(10, 50))
+    ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return image
+
+
+@pytest.fixture(scope="session")
+def generated_images() -> list:
+    """Eight distinct generated RGB images of a few sizes."""
+    return [make_image(seed, (160 + 40 * (seed % 3), 120 + 30 * (seed % 2))) for seed in range(8)]
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory, generated_images: list) -> Path:
+    """The generated images as files (png and jpg) in one folder, plus a file that is not an image."""
+    folder = tmp_path_factory.mktemp("images")
+    for i, image in enumerate(generated_images):
+        image.save(folder / (f"img{i}.png" if i % 2 else f"img{i}.jpg"))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
