@@ -477,14 +477,15 @@ def evaluate() -> None:
 @evaluate.command("search")
 @INDEX_OPTION
 @click.option("--nprobe", type=click.IntRange(1), default=None)
+@click.option("--space", type=click.Choice(["text", "image"]), default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_search_cmd(index_path: Path, nprobe: int | None, as_json: bool) -> None:
+def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: bool) -> None:
     """Recall against exact search (1-recall@1, 10-recall@10), ms per query, bytes per vector."""
     from retrieval.evaluate import eval_search
     from retrieval.reader import IndexReader
 
     with user_errors(), IndexReader(index_path) as reader:
-        result = eval_search(reader, nprobe=nprobe)
+        result = eval_search(reader, nprobe=nprobe, space=space)
     if as_json:
         _dump(result)
         return

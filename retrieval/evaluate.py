@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from scipy.stats import spearmanr
 
 from retrieval import index as fx
+from retrieval import store
 from retrieval.errors import RetrievalError
 from retrieval.predict import Found, GroupStats, IndexHistory, LikesPrediction, PredictConfig, Query, key, predict_likes
 from retrieval.reader import IndexReader
@@ -34,35 +35,39 @@ def _timed_ms(fn: Any, repeats: int) -> float:
     return float(np.median(times))
 
 
-def eval_search(reader: IndexReader, *, nprobe: int | None = None, single_queries: int = 200) -> dict[str, Any]:
-    """Recall of the index against exact search over the same vectors, with latency and memory.
+def eval_search(
+    reader: IndexReader, *, nprobe: int | None = None, single_queries: int = 200, space: str = "text"
+) -> dict[str, Any]:
+    """Recall of one vector set against exact search over the same vectors, with latency and memory.
 
     The queries are the sample of indexed vectors whose exact top-10 was stored at build
     time (and kept exact through every `index add`), so no model is needed here.
     """
-    queries = np.load(reader.path / "eval" / "queries.npy")
-    truth = np.load(reader.path / "eval" / "truth_ids.npy")
-    nprobe = nprobe or reader.nprobe
+    vset = reader.vector_set(space)
+    folder = reader.path / ("" if space == "text" else store.IMAGE_PREFIX) / "eval"
+    queries = np.load(folder / "queries.npy")
+    truth = np.load(folder / "truth_ids.npy")
+    nprobe = nprobe or vset.nprobe
     k = min(10, truth.shape[1])
-    _, found = fx.search(reader.shards, queries, k, nprobe=nprobe)
-    batched_ms = _timed_ms(lambda: fx.search(reader.shards, queries, k, nprobe=nprobe), 3) / len(queries)
+    _, found = fx.search(vset.shards, queries, k, nprobe=nprobe)
+    batched_ms = _timed_ms(lambda: fx.search(vset.shards, queries, k, nprobe=nprobe), 3) / len(queries)
     few = queries[:single_queries]
-    single_ms = _timed_ms(lambda: [fx.search(reader.shards, q[None], k, nprobe=nprobe) for q in few], 1) / len(few)
-    vectors = sum(s.index.ntotal for s in reader.shards)
+    single_ms = _timed_ms(lambda: [fx.search(vset.shards, q[None], k, nprobe=nprobe) for q in few], 1) / len(few)
     return {
         "index": str(reader.path),
-        "factory": reader.manifest["factory"],
-        "shards": len(reader.shards),
-        "vectors": int(vectors),
+        "space": space,
+        "factory": vset.section["factory"],
+        "shards": len(vset.shards),
+        "vectors": vset.ntotal,
         "queries": int(len(queries)),
         "nprobe": int(nprobe),
-        "nlist": reader.nlist,
+        "nlist": vset.nlist,
         "recall_at_1": fx.recall_at_k(found[:, :1], truth[:, :1], 1),
         "recall_at_10": fx.recall_at_k(found, truth, k),
         "ms_per_query": round(single_ms, 4),
         "ms_per_query_batched": round(batched_ms, 4),
-        "bytes_per_vector": reader.manifest["bytes_per_vector"],
-        "bytes_per_vector_flat": 4 * reader.embedder["dim"],
+        "bytes_per_vector": vset.section["bytes_per_vector"],
+        "bytes_per_vector_flat": 4 * vset.embedder["dim"],
     }
 
 

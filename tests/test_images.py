@@ -20,6 +20,7 @@ from conftest import LABELLED, make_image
 from retrieval import store
 from retrieval.build import ImageSource, add_to_index, build_index
 from retrieval.errors import RetrievalError
+from retrieval.evaluate import eval_search
 from retrieval.media import MediaFetcher
 from retrieval.predict import IndexHistory, PredictConfig, Query, predict_likes
 from retrieval.reader import IndexReader
@@ -66,6 +67,8 @@ def test_folder_of_images_finds_the_same_image_first(tmp_path: Path, image_folde
     assert manifest["shards"] == [] and manifest["image"]["shards"][0]["rows"] == 8
     assert report.rejected == 0 and "8 embedded" in report.summary()
     assert store.verify(tmp_path / "pics") == []
+    with IndexReader(tmp_path / "pics") as reader:
+        assert eval_search(reader, space="image")["recall_at_10"] == 1.0
     searcher = Searcher.open(tmp_path / "pics", clip=clip_embedder)
     for name in ("img3.png", "img4.jpg"):
         image = MediaFetcher(network=False).fetch([str(image_folder / name)])[0].image

@@ -124,15 +124,20 @@ def test_image_sources_from_real_media_strings() -> None:
         assert all(s.startswith("https://pbs.twimg.com/") and ".mp4" not in s for s in sources)
         for item in items:
             kinds[item["kind"]] += 1
-            expected = item["url"] if item["kind"] == "photo" else item["thumbnail"]
+            expected = (item["thumbnail"] or item["url"]) if item["kind"] == "photo" else item["thumbnail"]
             assert expected in sources
     assert kinds["photo"] and kinds["video"], kinds
 
 
 def test_image_sources_edge_cases() -> None:
     video = {"kind": "video", "url": "https://v/x.mp4", "thumbnail": "https://t/x.jpg"}
-    photo = {"kind": "photo", "url": None, "thumbnail": "https://t/p.jpg"}
-    assert image_sources(json.dumps([video, photo, video])) == ["https://t/x.jpg", "https://t/p.jpg"]
+    photo = {"kind": "photo", "url": "https://t/p-large.jpg", "thumbnail": "https://t/p.jpg"}
+    local = {"kind": "photo", "url": "/pics/a.png", "thumbnail": None}
+    assert image_sources(json.dumps([video, photo, video, local])) == [
+        "https://t/x.jpg",
+        "https://t/p.jpg",
+        "/pics/a.png",
+    ]
     assert image_sources(json.dumps([{"kind": "gif", "url": "https://v/g.mp4", "thumbnail": None}])) == []
     assert image_sources(None) == image_sources("") == image_sources("[]") == image_sources("  ") == []
     assert image_sources("/data/pics/a.jpg") == ["/data/pics/a.jpg"]

@@ -193,7 +193,7 @@ def test_cli_predict(likes_index: Path) -> None:
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("likes") and "80% interval" in lines[0] and "account CNN" in lines[1]
-    assert lines[2].split()[:5] == ["weight", "score", "date", "account", "likes"] and len(lines) == 7
+    assert lines[2].split()[:6] == ["weight", "score", "space", "date", "account", "likes"] and len(lines) == 7
     answer = json.loads(runner.invoke(cli, [*args, "--json", "--date", "2020-06-01"]).stdout)
     assert math.isclose(sum(n["weight"] for n in answer["neighbours"]), 1.0, abs_tol=1e-3)
     assert all(n["date"] < "2020-06-01" for n in answer["neighbours"])
