@@ -36,11 +36,8 @@ TORCHSCRIPT = "a TorchScript archive, like OpenAI's original .pt: save its state
 
 def checkpoint_digest(path: Path) -> str:
     """sha256 of the file's bytes: vectors change when the weights do, whatever the file is called."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
