@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from retrieval import store
 from retrieval.data import LoadResult, Reject, load_tweets, write_rejects
-from retrieval.embed import Embedder, SentenceEmbedder
+from retrieval.embed import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
 from retrieval.embed_cache import CachedEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
@@ -87,14 +87,14 @@ def build_index(
 ) -> BuildReport:
     """Build a new index at `out` from one tweet file (parquet, CSV, JSON Lines or xlsx)."""
     loaded = load_tweets(source, columns, require_text=not allow_missing_text)
-    embedder = embedder or SentenceEmbedder("mpnet")
+    embedder = embedder or text_embedder("mpnet")
     vectors, has_vector = _embed(embedder, loaded.table, progress)
     manifest = store.build(
         Path(out),
         vectors,
         loaded.table,
         has_vector,
-        embedder={"name": embedder.name, "dim": embedder.dim},
+        embedder=embedder_info(embedder),
         factory=factory,
         shards=shards,
         memory_budget=memory_budget,
@@ -117,15 +117,24 @@ def add_to_index(
     manifest = store.read_manifest(path)
     loaded = load_tweets(source, columns, require_text=not allow_missing_text)
     table, rejects = _drop_known_ids(path, loaded)
-    if embedder is None:
-        embedder = SentenceEmbedder(manifest["embedder"]["name"])
-    if embedder.dim != manifest["embedder"]["dim"]:
-        raise RetrievalError(
-            f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d"
-        )
+    embedder = embedder or embedder_for_index(manifest["embedder"])
+    _check_embedder(path, manifest["embedder"], embedder)
     vectors, has_vector = _embed(embedder, table, progress)
     manifest = store.add(path, vectors, table, has_vector, source=str(source))
     return _report(loaded, table, has_vector, rejects, path, manifest, embedder)
+
+
+def _check_embedder(path: Path, info: Mapping[str, Any], embedder: Embedder) -> None:
+    """New vectors must be comparable with the indexed ones: same width, same precision."""
+    if embedder.dim != info["dim"]:
+        raise RetrievalError(f"{path}: index holds {info['dim']}-d vectors, embedder gives {embedder.dim}-d")
+    wanted = index_precision(info)
+    given = getattr(embedder, "precision", wanted)
+    if given != wanted:
+        raise RetrievalError(
+            f"{path}: index was built with {info['name']} {info.get('precision', 'fp32')}; "
+            f"adding {given} vectors would mix precisions (use --precision {wanted})"
+        )
 
 
 def _drop_known_ids(path: Path, loaded: LoadResult) -> tuple[pa.Table, list[Reject]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embed import Embedder, SentenceEmbedder
+from retrieval.embed import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
 from retrieval.store import Filters
@@ -32,7 +32,7 @@ class Hit:
 
 
 class Searcher:
-    """An index plus the embedder it was built with; queries go through the same model."""
+    """An index plus the embedder it was built with; queries go through the same model and precision."""
 
     def __init__(self, reader: IndexReader, embedder: Embedder) -> None:
         if embedder.dim != reader.embedder["dim"]:
@@ -46,7 +46,7 @@ class Searcher:
     @classmethod
     def open(cls, path: str | Path, embedder: Embedder | None = None) -> Searcher:
         reader = IndexReader(path)
-        return cls(reader, embedder or SentenceEmbedder(reader.embedder["name"]))
+        return cls(reader, embedder or embedder_for_index(reader.embedder))
 
     def similar(
         self, text: str, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
