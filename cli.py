@@ -69,7 +69,7 @@ def _dump(obj: Any) -> None:
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("--threads", type=int, default=None, help="CPU threads for FAISS and torch (default: all cores).")
+@click.option("--threads", type=int, default=None, help="CPU threads for FAISS, torch, ONNX Runtime (default: all).")
 def cli(verbose: int, quiet: bool, threads: int | None) -> None:
     """Vector search over brand tweets: build an index, find similar tweets, evaluate."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
@@ -89,11 +89,12 @@ def index() -> None:
 
 def _embedder_for(model: str, batch_size: int, precision: str | None, cache: bool) -> Any:
     """The model, wrapped in the embedding cache unless --no-cache: a text is embedded once."""
-    from retrieval.embed import SentenceEmbedder
+    from retrieval.embed import text_embedder
     from retrieval.embed_cache import CachedEmbedder
 
-    embedder = SentenceEmbedder(model, batch_size=batch_size, precision=precision)  # type: ignore[arg-type]
-    return CachedEmbedder(embedder, f"{model}-{embedder.precision}") if cache else embedder
+    threads = click.get_current_context().find_root().params.get("threads")
+    embedder = text_embedder(model, precision=precision, batch_size=batch_size, threads=threads)  # type: ignore[arg-type]
+    return CachedEmbedder(embedder, embedder.model_id) if cache else embedder
 
 
 def embed_options(command: Any) -> Any:
@@ -103,7 +104,8 @@ def embed_options(command: Any) -> Any:
         "--precision",
         type=click.Choice(["fp32", "int8", "fp16"]),
         default=None,
-        help="Model precision (default: fp16 on CUDA, the measured CPU default otherwise).",
+        help="fp32 (plain PyTorch), int8 (ONNX Runtime, CPU) or fp16 (CUDA). Default: fp16 on CUDA, "
+        "the CPU default chosen by bench/bench_embed.py otherwise; `index add` uses the index's own.",
     )(command)
     return click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)(command)
 
@@ -276,15 +278,19 @@ def index_add(
 ) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
     from retrieval.build import add_to_index
+    from retrieval.embed import index_precision
     from retrieval.store import read_manifest
 
     with user_errors():
-        model = read_manifest(index_path)["embedder"]["name"]
+        info = read_manifest(index_path)["embedder"]
         clip = _clip_for(clip_checkpoint, clip_model, index_path)
+        text_model = info["name"]
         report = add_to_index(
             source,
             index_path,
-            embedder=_embedder_for(model, batch_size, precision, not no_cache) if model else None,
+            embedder=_embedder_for(text_model, batch_size, precision or index_precision(info), not no_cache)
+            if text_model
+            else None,
             columns=_parse_columns(columns),
             allow_missing_text=allow_missing_text,
             images=_image_source(clip, images, offline),

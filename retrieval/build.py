@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from retrieval import store
 from retrieval.data import TWEET_SCHEMA, LoadResult, Reject, load_tweets, write_rejects
-from retrieval.embed import Embedder, SentenceEmbedder
+from retrieval.embed import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
 from retrieval.embed_cache import CachedEmbedder
 from retrieval.errors import DataError, RetrievalError
 from retrieval.media import MediaFetcher, image_sources, images_in_folder
@@ -210,7 +210,7 @@ def build_index(
     else:
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
     if text:
-        embedder = embedder or SentenceEmbedder("mpnet")
+        embedder = embedder or text_embedder("mpnet")
     vectors, has_vector = _embed(embedder if text else None, loaded.table, progress)
     image_vectors = embed_images(loaded.table, images, progress=progress) if images else None
     if source.is_dir() and image_vectors is not None:
@@ -221,7 +221,7 @@ def build_index(
         vectors,
         loaded.table,
         has_vector,
-        embedder={"name": embedder.name, "dim": embedder.dim} if text and embedder else {"name": None, "dim": 0},
+        embedder=embedder_info(embedder) if text and embedder else {"name": None, "dim": 0},
         factory=factory,
         shards=shards,
         memory_budget=memory_budget,
@@ -253,11 +253,8 @@ def add_to_index(
     loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
     table, rejects = _drop_known_ids(path, loaded)
     if text:
-        embedder = embedder or SentenceEmbedder(manifest["embedder"]["name"])
-        if embedder.dim != manifest["embedder"]["dim"]:
-            raise RetrievalError(
-                f"{path}: index holds {manifest['embedder']['dim']}-d vectors, embedder gives {embedder.dim}-d"
-            )
+        embedder = embedder or embedder_for_index(manifest["embedder"])
+        _check_embedder(path, manifest["embedder"], embedder)
     if images is not None:
         _check_same_clip(path, manifest, images.clip)
     elif "image" in manifest:
@@ -275,6 +272,19 @@ def _check_same_clip(path: Path, manifest: dict[str, Any], clip: ClipEmbedder) -
     if built["model_id"] != clip.model_id:
         raise RetrievalError(
             f"{path}: image vectors were made by {built['model_id']}, not {clip.model_id}; use the same checkpoint"
+        )
+
+
+def _check_embedder(path: Path, info: Mapping[str, Any], embedder: Embedder) -> None:
+    """New vectors must be comparable with the indexed ones: same width, same precision."""
+    if embedder.dim != info["dim"]:
+        raise RetrievalError(f"{path}: index holds {info['dim']}-d vectors, embedder gives {embedder.dim}-d")
+    wanted = index_precision(info)
+    given = getattr(embedder, "precision", wanted)
+    if given != wanted:
+        raise RetrievalError(
+            f"{path}: index was built with {info['name']} {info.get('precision', 'fp32')}; "
+            f"adding {given} vectors would mix precisions (use --precision {wanted})"
         )
 
 

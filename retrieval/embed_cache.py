@@ -50,6 +50,7 @@ class CachedEmbedder:
         self.inner = inner
         self.name = inner.name
         self.dim = inner.dim
+        self.precision = getattr(inner, "precision", "fp32")
         self.model_id = model_id
         self.path = (folder or cache_folder()) / _file_name(model_id)
         self.hits = 0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.embed import Embedder, SentenceEmbedder
+from retrieval.embed import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
 from retrieval.reader import IndexReader
 from retrieval.store import Filters
@@ -72,7 +72,7 @@ class Searcher:
             name = self.reader.embedder["name"]
             if name is None:
                 raise RetrievalError(f"{self.reader.path}: the index holds no text vectors; query it with an image")
-            self._embedder = SentenceEmbedder(name)
+            self._embedder = embedder_for_index(self.reader.embedder)
         return self._embedder
 
     def _clip(self) -> ClipEmbedder:

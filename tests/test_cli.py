@@ -65,7 +65,7 @@ def test_similar_table_and_filters(runner: CliRunner, minilm_index: Path) -> Non
 
 def test_info_reports_manifest_and_table(runner: CliRunner, minilm_index: Path) -> None:
     info = json.loads(runner.invoke(cli, ["index", "info", "--index", str(minilm_index), "--json"]).stdout)
-    assert info["embedder"] == {"name": "minilm", "dim": 384}
+    assert info["embedder"] == {"name": "minilm", "dim": 384, "precision": "fp32"}
     assert info["table"]["vectors"] == 600 and info["factory"] == "Flat"
 
 

@@ -1,0 +1,248 @@
+"""The CPU fast path: a sentence-transformers model run by ONNX Runtime, int8 by default.
+
+The local model folder is exported once to ONNX (torch.onnx.export) and, for int8, its weight
+MatMuls are rewritten as MatMulNBits with 8-bit weights in blocks of INT8_BLOCK input channels and
+int8 compute (accuracy_level 4), which quantizes the activations per row and per block too.
+Plain dynamic quantization (one int8 scale per activation tensor) is faster but lost too much on
+MPNet: the <s> and </s> tokens carry activations 30-40x larger than the rest, so one scale for
+the whole tensor flattens every other token (mean cosine 0.88, docs/benchmarks.md).
+
+The files are cached under `<cache dir>/models/onnx/`, written to a temporary name and renamed,
+and rebuilt when unreadable. Running them needs neither torch nor sentence-transformers: only
+exporting does, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from retrieval.embed import MAX_SEQ_LENGTH, cache_dir, model_path
+from retrieval.errors import ModelMissing
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+OnnxPrecision = Literal["fp32", "int8"]
+RECIPE = 1
+"""Part of every cached file's name: bump it when the export or the quantization changes."""
+INT8_BLOCK = 128
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model folder's sentence-transformers config says about tokenizing and pooling."""
+
+    folder: Path
+    dim: int
+    max_seq_length: int
+    do_lower_case: bool
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    """Check that the folder is Transformer -> mean Pooling (-> Normalize), the one pipeline run here."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        st_config = json.loads((folder / "sentence_bert_config.json").read_text())
+        pooling_dir = next(m["path"] for m in modules if m["type"].endswith(".Pooling"))
+        pooling = json.loads((folder / pooling_dir / "config.json").read_text())
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+        raise ModelMissing(f"{folder}: not a sentence-transformers folder the ONNX path can read ({e})") from None
+    for module in modules:
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind not in SUPPORTED_MODULES:
+            raise ModelMissing(f"{folder}: module {kind} is not supported by the ONNX path; use --precision fp32")
+    modes = sorted(k.removeprefix("pooling_mode_") for k, v in pooling.items() if k.startswith("pooling_mode_") and v)
+    if modes != ["mean_tokens"]:
+        raise ModelMissing(f"{folder}: pooling {modes} is not supported by the ONNX path; use --precision fp32")
+    return ModelSpec(
+        folder=folder,
+        dim=int(pooling["word_embedding_dimension"]),
+        max_seq_length=int(st_config.get("max_seq_length") or MAX_SEQ_LENGTH),
+        do_lower_case=bool(st_config.get("do_lower_case", False)),
+    )
+
+
+def onnx_path(folder: Path, precision: OnnxPrecision) -> Path:
+    """The cache file for this model folder and precision; a changed weights file gets a new name."""
+    weights = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).exists()), folder)
+    stat = weights.stat()
+    digest = hashlib.sha1(f"{folder.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / "onnx" / f"{folder.name}-{digest}" / f"model-{precision}-r{RECIPE}.onnx"
+
+
+def export_onnx(folder: Path, target: Path, precision: OnnxPrecision) -> Path:
+    """Export the folder's transformer to `target` once (torch needed here only); atomic."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("exporting %s to ONNX %s (once, about a minute)", folder, precision)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        _export_fp32(folder, fp32)
+        if precision == "int8":
+            _quantize_int8(fp32, Path(tmp) / "int8.onnx")
+            fp32 = Path(tmp) / "int8.onnx"
+        os.replace(fp32, target)
+    return target
+
+
+def _export_fp32(folder: Path, out: Path) -> None:
+    """TorchScript exporter: its graph ran about 15% faster in ONNX Runtime than the dynamo
+    exporter's here (ORT fuses its LayerNorms and GELUs into fast kernels)."""
+    import torch
+    from transformers import AutoModel
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    model = TokenEmbeddings(AutoModel.from_pretrained(str(folder))).eval()
+    sample = torch.ones(2, 8, dtype=torch.int64)
+    axes = {0: "batch", 1: "tokens"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (sample, sample),
+            str(out),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["token_embeddings"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_embeddings": axes},
+        )
+
+
+def _quantize_int8(src: Path, out: Path) -> None:
+    import onnx
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # this module calls logging.basicConfig(level=INFO) when imported; undo that, and its chatter
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.handlers[:], root.level = handlers, level
+    chatty = logging.getLogger("onnxruntime.quantization")
+    chatty_level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(src)), bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4
+        )
+        quantizer.process()
+    finally:
+        chatty.setLevel(chatty_level)
+    onnx.save(quantizer.model.model, str(out))
+
+
+def _pad_id(tokenizer: Tokenizer, folder: Path) -> int:
+    if tokenizer.padding:
+        return int(tokenizer.padding["pad_id"])
+    config = json.loads((folder / "config.json").read_text())
+    return int(config.get("pad_token_id") or 0)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class OnnxEmbedder:
+    """Tokenize (the folder's fast tokenizer), run ONNX Runtime on length-sorted batches, mean-pool, normalise.
+
+    Vectors match sentence-transformers on the same folder: same tokens, same truncation, same pooling.
+    """
+
+    def __init__(
+        self,
+        name: str = "mpnet",
+        *,
+        precision: OnnxPrecision = "int8",
+        batch_size: int = 64,
+        threads: int | None = None,
+        max_seq_length: int | None = MAX_SEQ_LENGTH,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"Precision {precision!r} is not supported by the ONNX path")
+        self.name = name
+        self.precision = precision
+        self.model_id = f"{name}-{precision}-onnx{RECIPE}"
+        self.batch_size = batch_size
+        self.threads = threads or available_cores()
+        self.spec = read_spec(model_path(name))
+        self.dim = self.spec.dim
+        self.tokenizer = Tokenizer.from_file(str(self.spec.folder / "tokenizer.json"))
+        limit = min(self.spec.max_seq_length, max_seq_length or self.spec.max_seq_length)
+        self.tokenizer.enable_truncation(limit)
+        self.pad_id = _pad_id(self.tokenizer, self.spec.folder)
+        self.tokenizer.no_padding()
+        self.session = self._open(onnx_path(self.spec.folder, precision))
+
+    def _open(self, path: Path) -> onnxruntime.InferenceSession:
+        import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        export_onnx(self.spec.folder, path, self.precision)
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as e:
+            log.warning("%s is unreadable (%s); exporting it again", path, str(e).splitlines()[0])
+        path.unlink(missing_ok=True)
+        export_onnx(self.spec.folder, path, self.precision)
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as e:
+            raise ModelMissing(f"{path}: cannot load the exported model ({str(e).splitlines()[0]})") from None
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        if self.spec.do_lower_case:
+            texts = [t.lower() for t in texts]
+        ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc="embedding", unit="batch")
+        for batch in batches:
+            out[batch] = self._embed([ids[i] for i in batch])
+        return out
+
+    def _embed(self, ids: list[list[int]]) -> np.ndarray:
+        width = max(len(i) for i in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
+        (tokens,) = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        summed = np.einsum("btd,bt->bd", tokens, mask.astype(np.float32))
+        pooled = summed / mask.sum(axis=1, keepdims=True)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
