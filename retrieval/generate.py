@@ -279,7 +279,9 @@ def fit_messages(
 _URL = re.compile(r"(?:https?://|www\.)\S+|\b(?:t\.co|bit\.ly)/\S+", re.I)
 _HANDLE = re.compile(r"(?<![\w<])@\w+")
 _LINK_WORDS = re.compile(r"[<\[{(]\s*(?:insert\s+)?(?:hyper)?(?:link|url)\b[^<>\[\]{}()]{0,30}[>\]})]", re.I)
-_MENTION_WORDS = re.compile(r"[<\[{(]\s*(?:insert\s+)?(?:mention|user(?:name)?|handle)(?:[_ ]?\w{0,12})?\s*[>\]})]", re.I)
+_MENTION_WORDS = re.compile(
+    r"[<\[{(]\s*(?:insert\s+)?(?:mention|user(?:name)?|handle)(?:[_ ]?\w{0,12})?\s*[>\]})]", re.I
+)
 _LABEL = re.compile(r"^\s*(?:(?:here(?:'s| is)[^:\n]*|new )?tweet\s*(?:\d+)?\s*:|\d+[.)]\s+)", re.I)
 _REPEATS = re.compile(r"(<hyperlink>|<mention>)(?:\s*\1){2,}")
 _LINK_TAIL = re.compile(r"(?:\s*<hyperlink>)+\s*$")
