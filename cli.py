@@ -629,9 +629,9 @@ def generate(
         click.echo(piece, nl=False, err=True)
 
     with user_errors():
-        searcher = Searcher.open(index_path)
-        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())
+        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())  # a bad file fails fast
         try:
+            searcher = Searcher.open(index_path)
             found, method = run_generate(
                 searcher, generator, brief, config, candidates=candidates, on_token=show if stream else None
             )
@@ -693,9 +693,9 @@ def eval_generate_cmd(
 
     with user_errors():
         rows = load_rows(input_path, limit, offset=offset)
-        searcher = Searcher.open(index_path)
         generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())
         try:
+            searcher = Searcher.open(index_path)
             result = eval_generation(searcher, generator, rows, config, progress=progress)
         finally:
             generator.close()

@@ -72,8 +72,8 @@ class GenerateConfig:
     template's own, among the last 64 tokens), so replies rambled: BLEU-1 0.21 against 0.24."""
     stop: tuple[str, ...] = ("\n\n",)
     """Exemplars are one paragraph each, so a blank line starts text post-processing drops."""
-    max_chars: int = 2 * MAX_CHARS
-    """Generation stops once the reply is this long: post-processing would cut it anyway."""
+    max_chars: int = MAX_CHARS
+    """Generation stops once the reply is this long: post-processing would cut the rest."""
     seed: int = 0
     max_ctx: int = 4096
     """Upper bound on n_ctx; the model's own training context bounds it too."""
@@ -282,9 +282,18 @@ _LINK_WORDS = re.compile(r"[<\[{(]\s*(?:insert\s+)?(?:hyper)?(?:link|url)\b[^<>\
 _MENTION_WORDS = re.compile(
     r"[<\[{(]\s*(?:insert\s+)?(?:mention|user(?:name)?|handle)(?:[_ ]?\w{0,12})?\s*[>\]})]", re.I
 )
-_LABEL = re.compile(r"^\s*(?:(?:here(?:'s| is)[^:\n]*|new )?tweet\s*(?:\d+)?\s*:|\d+[.)]\s+)", re.I)
+_LABEL = re.compile(r"^\s*(?:here(?:'s| is)\b[^:\n]*:|(?:new )?tweet\s*\d*\s*:|\d+[.)]\s+)", re.I)
+_BROKEN = re.compile(r"<\s*(hyperlink|mention)\b\s*>?", re.I)
 _REPEATS = re.compile(r"(<hyperlink>|<mention>)(?:\s*\1){2,}")
 _LINK_TAIL = re.compile(r"(?:\s*<hyperlink>)+\s*$")
+_PICTOGRAPH = r"[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF]"
+_EMOJI = rf"{_PICTOGRAPH}(?:\ufe0f|[\U0001F3FB-\U0001F3FF]|\u200d{_PICTOGRAPH})*"  # with its modifiers and ZWJ joins
+_EMOJI_RUN = re.compile(rf"(?:{_EMOJI}\s*){{4,}}")
+"""Four or more emoji in a row: 0.7% of the real tweets, the usual failure of a small model."""
+
+
+def _first_three_emoji(run: re.Match[str]) -> str:
+    return "".join(re.findall(_EMOJI, run.group())[:3]) + (" " if run.group()[-1].isspace() else "")
 
 
 def link_tail(text: str) -> str:
@@ -302,12 +311,14 @@ def postprocess(text: str, exemplars: Sequence[Exemplar] = ()) -> str:
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     text = next((p for p in paragraphs if _LABEL.sub("", p).strip()), "")
     text = _LABEL.sub("", text).strip().strip('"“”').strip()
+    text = _BROKEN.sub(lambda m: f"<{m.group(1).lower()}>", text)  # '<hyperlink' cut short, '< mention >'
     text = _LINK_WORDS.sub(HYPERLINK, text)
     text = _MENTION_WORDS.sub(MENTION, text)
     text = _URL.sub(HYPERLINK, text)
     text = _HANDLE.sub(MENTION, text)
     text = _REPEATS.sub(r"\1 \1", text)
     text = re.sub(r"(\S)\1{3,}", r"\1\1\1", text)  # runs of one character or emoji
+    text = _EMOJI_RUN.sub(_first_three_emoji, text)
     text = re.sub(r"[ \t]+", " ", text).strip()
     if not _LINK_TAIL.sub("", text).strip():
         return ""
@@ -327,8 +338,8 @@ def rank_candidates(
     searcher: Searcher, brief: Brief, candidates: list[Candidate]
 ) -> tuple[list[Candidate], str | None]:
     """Best first, by the kNN likes predictor; by similarity to the exemplars when the index has
-    no likes (or no history before the brief's date). Returns the ranked list and the method,
-    None for a single candidate that nothing could be predicted for (it is not embedded at all).
+    no likes (or no history before the brief's date). Returns the ranked list and the method;
+    None, in the order generated and with nothing embedded, when neither is possible or needed.
     """
     from retrieval.predict import IndexHistory, Query, predict_likes
 
@@ -337,7 +348,7 @@ def rank_candidates(
         history = IndexHistory(searcher.reader)
         history.check(query)
     except RetrievalError as e:
-        if len(candidates) == 1:
+        if len(candidates) == 1 or not candidates[0].exemplars:
             return candidates, None
         log.info("ranking by similarity to the exemplars: %s", e)
         return _rank_by_similarity(searcher, candidates), "similarity"

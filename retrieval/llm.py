@@ -87,6 +87,8 @@ class Generator:
             raise ModelMissing("llama-cpp-python is not installed (run ./setup.sh)") from None
         self._llama_cpp = llama_cpp
         self.path = Path(model_path) if model_path else default_model_path()
+        if self.path.is_dir():
+            raise ModelMissing(f"{self.path}: a folder, not a GGUF model file")
         if not self.path.is_file():
             raise ModelMissing(f"{self.path}: no such model file")
         with self.path.open("rb") as f:

@@ -95,10 +95,12 @@ def test_postprocess_one_tweet_placeholders_and_limit() -> None:
     assert postprocess("Thanks @AVeryLongHandleName123!", []) == "Thanks <mention>!"
     assert postprocess("Find it at [insert link here] with [mention_1]", []) == "Find it at <hyperlink> with <mention>"
     assert postprocess("A (user-friendly) app", []) == "A (user-friendly) app"
+    assert postprocess("Here's a tweet for the sandwich:\nFresh today <hyperlink", []) == "Fresh today <hyperlink>"
     long = postprocess("word " * 100 + "<hyperlink>", linked)
     assert len(long) <= MAX_CHARS and long.endswith(" <hyperlink>") and "  " not in long
     assert len(postprocess("abcdefghij" * 40, [])) == MAX_CHARS
     assert postprocess("Yum 🌟🌟🌟🌟🌟🌟🌟🌟 !!!!!!", []) == "Yum 🌟🌟🌟 !!!"
+    assert postprocess("New 🍽️🎉 🍘💨👩‍🔬 menu 🎉", []) == "New 🍽️🎉🍘 menu 🎉"
     assert postprocess("   \n\n ", linked) == "" and postprocess("<hyperlink>", linked) == ""
 
 
@@ -143,6 +145,8 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
         pytest.skip("llama-cpp-python absent")
     with pytest.raises(ModelMissing, match="no such model file"):
         Generator(tmp_path / "none.gguf")
+    with pytest.raises(ModelMissing, match="a folder"):
+        Generator(tmp_path)
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model at all")
     with pytest.raises(ModelMissing, match="not a GGUF"):
