@@ -8,6 +8,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -205,6 +206,35 @@ def test_real_model_is_deterministic_and_postprocessed(minilm_index: Path, minil
         assert c.text and len(c.text) <= MAX_CHARS and c.tokens <= 24
         assert [e.username for e in c.exemplars] == [user] * 3
         assert c.text.endswith("<hyperlink>")  # every tweet of this brand ends with a link
+    # the tail is the brand's most common run of trailing links, whatever the model wrote
+    assert first[0].text.endswith(" " + Counter(link_tail(e.content) for e in first[0].exemplars).most_common(1)[0][0])
+
+
+@needs_llama
+def test_real_model_stops_at_max_chars(generator) -> None:
+    config = GenerateConfig(max_tokens=64, max_chars=20, temperature=0.0)
+    messages = build_messages(Brief("Brand", media="a photo"), [ex("A long tweet " * 10)])
+    raw, tokens, _ = generator.complete(messages, prompt_tokens=200, config=config, seed=0)
+    assert tokens < 64 and 0 < len(raw) <= 20 + 16  # stops within a token of the limit
+
+
+def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: Path, minilm) -> None:
+    from retrieval.generate import Candidate, rank_candidates
+    from retrieval.search import Searcher
+
+    class NoEncode:
+        name, dim = minilm.name, minilm.dim
+
+        def encode(self, texts, *, progress=False):
+            raise AssertionError("nothing should be embedded")
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, NoEncode())  # type: ignore[arg-type]
+    one = [Candidate("A tweet <hyperlink>", "A tweet", 0, 3, 0.1, [ex("past <hyperlink>")])]
+    assert rank_candidates(searcher, Brief("Brand"), one) == (one, None)  # the sample has no likes
+    two = [dataclasses.replace(one[0], seed=1), dataclasses.replace(one[0], exemplars=[])]
+    assert rank_candidates(searcher, Brief("Brand"), [two[1], two[1]])[1] is None  # no exemplars to compare with
+    ranked, method = rank_candidates(Searcher(searcher.reader, minilm), Brief("Brand"), two)
+    assert method == "similarity" and {c.seed for c in ranked} == {0, 1}
 
 
 @needs_llama
@@ -227,6 +257,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     r = CliRunner().invoke(
         cli,
         ["eval", "generate", "--index", str(minilm_index), "--input", str(sample_parquet), "--limit", "3"]
+        + ["--offset", "100"]
         + ["--max-tokens", "24", "--json"],
     )
     assert r.exit_code == 0, r.output
@@ -237,3 +268,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
         assert 0 <= result[system]["bleu1"] <= 1
     # the tweet itself is hidden: retrieval only never copies the reference verbatim
     assert all(e["retrieval_only"] != e["reference"] for e in result["examples"])
+    from retrieval.evaluate_generation import load_rows
+
+    expected = [r["content"] for r in load_rows(sample_parquet, 3, offset=100)]
+    assert [e["reference"] for e in result["examples"]] == expected  # --offset 100 --limit 3: rows 100-102
