@@ -72,8 +72,9 @@ class GenerateConfig:
     template's own, among the last 64 tokens), so replies rambled: BLEU-1 0.21 against 0.24."""
     stop: tuple[str, ...] = ("\n\n",)
     """Exemplars are one paragraph each, so a blank line starts text post-processing drops."""
-    max_chars: int = MAX_CHARS
-    """Generation stops once the reply is this long: post-processing would cut the rest."""
+    max_chars: int = MAX_CHARS + 20
+    """Generation stops once the reply is this long: post-processing cuts it to 280 characters at
+    a word boundary, and the margin keeps the word that the stop interrupts out of the tweet."""
     seed: int = 0
     max_ctx: int = 4096
     """Upper bound on n_ctx; the model's own training context bounds it too."""
