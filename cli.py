@@ -69,7 +69,12 @@ def _dump(obj: Any) -> None:
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("--threads", type=int, default=None, help="CPU threads for FAISS, torch, ONNX Runtime (default: all).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads for FAISS, torch, ONNX Runtime and llama.cpp (default: all cores; llama.cpp: the idle ones).",
+)
 def cli(verbose: int, quiet: bool, threads: int | None) -> None:
     """Vector search over brand tweets: build an index, find similar tweets, evaluate."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
@@ -92,8 +97,7 @@ def _embedder_for(model: str, batch_size: int, precision: str | None, cache: boo
     from retrieval.embed import text_embedder
     from retrieval.embed_cache import CachedEmbedder
 
-    threads = click.get_current_context().find_root().params.get("threads")
-    embedder = text_embedder(model, precision=precision, batch_size=batch_size, threads=threads)  # type: ignore[arg-type]
+    embedder = text_embedder(model, precision=precision, batch_size=batch_size, threads=_root_threads())  # type: ignore[arg-type]
     return CachedEmbedder(embedder, embedder.model_id) if cache else embedder
 
 
@@ -700,10 +704,15 @@ def _generate_config(exemplars: int, max_tokens: int, temperature: float, seed: 
     return GenerateConfig(exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed)
 
 
+def _root_threads() -> int | None:
+    """The group's --threads, for the embedder and llama.cpp (which take their thread counts per model)."""
+    return click.get_current_context().find_root().params.get("threads")
+
+
 def generate_options(command: Any) -> Any:
     """Model and sampling options shared by `generate` and `eval generate`."""
     command = click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets.")(command)
-    command = click.option("--temperature", type=click.FloatRange(0), default=0.7, show_default=True)(command)
+    command = click.option("--temperature", type=click.FloatRange(0), default=0.5, show_default=True)(command)
     command = click.option("--max-tokens", type=click.IntRange(16), default=96, show_default=True)(command)
     command = click.option(
         "--exemplars", type=click.IntRange(0), default=5, show_default=True, help="Past tweets in the prompt."
@@ -756,9 +765,9 @@ def generate(
         click.echo(piece, nl=False, err=True)
 
     with user_errors():
-        searcher = Searcher.open(index_path)
-        generator = Generator(model_path, max_ctx=config.max_ctx)
+        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())  # a bad file fails fast
         try:
+            searcher = Searcher.open(index_path)
             found, method = run_generate(
                 searcher, generator, brief, config, candidates=candidates, on_token=show if stream else None
             )
@@ -770,12 +779,14 @@ def generate(
         _dump({"model": generator.name, "ranked_by": method, "candidates": [c.to_json() for c in found]})
         return
     width = shutil.get_terminal_size((120, 20)).columns
+    if method:
+        click.echo(f"{len(found)} candidates, best first by {method.replace('_', ' ')}")
     for i, c in enumerate(found, 1):
         likes_text = f"  predicted likes {c.predicted_likes:,.0f}" if c.predicted_likes is not None else ""
         click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens in {c.seconds:.1f}s){likes_text}")
         click.echo(c.text or "(the model returned no usable text)")
     if found and found[0].exemplars:
-        click.echo(f"\nbuilt from {len(found[0].exemplars)} past tweets (ranked by {method}):")
+        click.echo(f"\nbuilt from {len(found[0].exemplars)} past tweets:")
         click.echo(f"{'id':>8} {'level':8} {'account':18} {'likes':>7}  text")
         for e in found[0].exemplars:
             tweet_id = e.tweet_id if e.tweet_id is not None else e.vec_id
@@ -789,12 +800,14 @@ def generate(
 @evaluate.command("generate")
 @INDEX_OPTION
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="Tweets to rewrite.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N tweets of --input.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip the first N tweets.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only N tweets of --input (after --offset).")
 @generate_options
 @click.option("--json", "as_json", is_flag=True)
 def eval_generate_cmd(
     index_path: Path,
     input_path: Path,
+    offset: int,
     limit: int | None,
     model_path: Path | None,
     exemplars: int,
@@ -815,10 +828,10 @@ def eval_generate_cmd(
             click.echo(f"{done}/{total} tweets", err=True)
 
     with user_errors():
-        rows = load_rows(input_path, limit)
-        searcher = Searcher.open(index_path)
-        generator = Generator(model_path, max_ctx=config.max_ctx)
+        rows = load_rows(input_path, limit, offset=offset)
+        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())
         try:
+            searcher = Searcher.open(index_path)
             result = eval_generation(searcher, generator, rows, config, progress=progress)
         finally:
             generator.close()

@@ -68,16 +68,24 @@ def eval_generation(
     tokens = {"llm_only": 0, "rag": 0}
     seconds = {"llm_only": 0.0, "rag": 0.0, "retrieval": 0.0}
     no_exemplar = 0
-    for done, row in enumerate(rows, 1):
-        brief = Brief(
+    briefs = [
+        Brief(
             username=row["username"],
             company=row.get("company"),
             date=row.get("date"),
             media=describe_media(row.get("media")),
             likes=row.get("likes"),
         )
+        for row in rows
+    ]
+    start = time.perf_counter()
+    queries = sorted({b.query_text() for b in briefs})  # few distinct texts: media kinds and companies
+    vectors = dict(zip(queries, searcher.embedder.encode(queries)))
+    seconds["retrieval"] += time.perf_counter() - start
+    for done, (row, brief) in enumerate(zip(rows, briefs), 1):
         start = time.perf_counter()
-        exemplars = find_exemplars(searcher, brief, config, exclude=_hidden_ids(searcher, row["content"]))
+        hidden = _hidden_ids(searcher, row["content"])
+        exemplars = find_exemplars(searcher, brief, config, vector=vectors[brief.query_text()][None], exclude=hidden)
         seconds["retrieval"] += time.perf_counter() - start
         no_exemplar += not exemplars
         outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
@@ -111,11 +119,8 @@ def eval_generation(
     }
 
 
-def load_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The first `limit` tweets with text of a file, as dicts."""
+def load_rows(path: str | Path, limit: int | None = None, *, offset: int = 0) -> list[dict[str, Any]]:
+    """`limit` tweets of a file from row `offset` on, as dicts (tune on one slice, report another)."""
     from retrieval.data import load_tweets
 
-    table = load_tweets(path).table
-    if limit is not None:
-        table = table.slice(0, limit)
-    return table.to_pylist()
+    return load_tweets(path).table.slice(offset, limit).to_pylist()

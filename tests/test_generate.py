@@ -3,9 +3,12 @@ the real bundled SmolLM2 GGUF on a few short prompts (skipped when llama-cpp-pyt
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.util
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -22,6 +25,7 @@ from retrieval.generate import (
     describe_media,
     find_exemplars,
     fit_messages,
+    link_tail,
     postprocess,
     rerank,
 )
@@ -51,14 +55,23 @@ def test_rerank_prefers_liked_and_degrades_without_likes() -> None:
     assert rerank([(0.9, 10), (0.3, 10_000)], 0.05)[0] == 0
 
 
-def test_build_messages_holds_brief_and_exemplars_in_order() -> None:
+def test_build_messages_is_a_few_shot_conversation_most_relevant_last() -> None:
     brief = Brief("Brand", company="brand", media="a photo of a new sandwich", likes=500, topic="lunch")
-    messages = build_messages(brief, [ex("first tweet"), ex("second tweet")])
-    assert [m["role"] for m in messages] == ["system", "user"]
-    user = messages[1]["content"]
-    assert user.index("1. first tweet") < user.index("2. second tweet")
-    assert "a photo of a new sandwich" in user and "500 likes" in user and "lunch" in user
-    assert "Past tweets" not in build_messages(brief, [])[1]["content"]
+    best, second = ex("first tweet", likes=900), ex("second   tweet\n\nwith lines", likes=20)
+    best = dataclasses.replace(best, media="a video")
+    messages = build_messages(brief, [best, second])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "Brand" in messages[0]["content"] and "brand" in messages[0]["content"]
+    # the most relevant exemplar answers the turn just before the brief, under its own media
+    assert messages[4]["content"] == "first tweet" and "a video" in messages[3]["content"]
+    assert messages[2]["content"] == "second tweet with lines"
+    assert "about 900 likes" in messages[3]["content"]  # likes shown because the brief asks for some
+    ask = messages[-1]["content"]
+    assert "a photo of a new sandwich" in ask and "500 likes" in ask and "lunch" in ask
+    alone = build_messages(dataclasses.replace(brief, likes=None), [best])
+    assert [m["role"] for m in alone] == ["system", "user", "assistant", "user"]
+    assert "likes" not in alone[1]["content"]
+    assert len(build_messages(brief, [])) == 2
 
 
 def test_fit_drops_least_relevant_exemplars_first_never_raises() -> None:
@@ -80,11 +93,27 @@ def test_postprocess_one_tweet_placeholders_and_limit() -> None:
     assert postprocess("Lunch is served", linked) == "Lunch is served <hyperlink>"
     assert postprocess("Lunch is served", [ex("no link here")]) == "Lunch is served"
     assert postprocess("See [link] and <Mention> now", []) == "See <hyperlink> and <mention> now"
+    assert postprocess("Thanks @AVeryLongHandleName123!", []) == "Thanks <mention>!"
+    assert postprocess("Find it at [insert link here] with [mention_1]", []) == "Find it at <hyperlink> with <mention>"
+    assert postprocess("A (user-friendly) app", []) == "A (user-friendly) app"
+    assert postprocess("Here's a tweet for the sandwich:\nFresh today <hyperlink", []) == "Fresh today <hyperlink>"
     long = postprocess("word " * 100 + "<hyperlink>", linked)
     assert len(long) <= MAX_CHARS and long.endswith(" <hyperlink>") and "  " not in long
     assert len(postprocess("abcdefghij" * 40, [])) == MAX_CHARS
     assert postprocess("Yum 🌟🌟🌟🌟🌟🌟🌟🌟 !!!!!!", []) == "Yum 🌟🌟🌟 !!!"
-    assert postprocess("   \n\n ", linked) == ""
+    assert postprocess("New 🍽️🎉 🍘💨👩‍🔬 menu 🎉", []) == "New 🍽️🎉🍘 menu 🎉"
+    assert postprocess("   \n\n ", linked) == "" and postprocess("<hyperlink>", linked) == ""
+
+
+def test_postprocess_ends_with_the_links_the_brand_uses_most() -> None:
+    two = [ex("News <hyperlink> <hyperlink>"), ex("More <hyperlink>\n<hyperlink>"), ex("Once <hyperlink>")]
+    assert link_tail(two[1].content) == "<hyperlink> <hyperlink>" and link_tail("no link") == ""
+    assert postprocess("Big news today", two) == "Big news today <hyperlink> <hyperlink>"
+    assert postprocess("Big news <hyperlink>", two) == "Big news <hyperlink> <hyperlink>"
+    assert postprocess("Big news <hyperlink> <hyperlink> <hyperlink>", [two[2]]) == "Big news <hyperlink>"
+    assert postprocess("Big news <hyperlink>", []) == "Big news <hyperlink>"  # no exemplar: its own links
+    long = postprocess("word " * 100, two)
+    assert len(long) <= MAX_CHARS and long.endswith("word <hyperlink> <hyperlink>")
 
 
 def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm) -> None:
@@ -117,6 +146,8 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
         pytest.skip("llama-cpp-python absent")
     with pytest.raises(ModelMissing, match="no such model file"):
         Generator(tmp_path / "none.gguf")
+    with pytest.raises(ModelMissing, match="a folder"):
+        Generator(tmp_path)
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model at all")
     with pytest.raises(ModelMissing, match="not a GGUF"):
@@ -127,6 +158,24 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
     truncated.write_bytes(default_model_path().read_bytes()[:100_000])
     with pytest.raises(ModelMissing, match="cannot load"):
         Generator(truncated)
+    huge = tmp_path / "huge.gguf"  # sparse: GGUF magic, then a hole larger than the free memory
+    with huge.open("wb") as f:
+        f.write(b"GGUF")
+        f.truncate(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") + 2**30)
+    with pytest.raises(ModelMissing, match="GiB free"):
+        Generator(huge)
+
+
+def test_default_threads_leaves_busy_cores_to_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval import llm
+
+    monkeypatch.setattr(llm.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(llm.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert llm.default_threads() == 4
+    monkeypatch.setattr(llm.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert llm.default_threads() == 1
+    monkeypatch.setattr(llm.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert llm.default_threads() == 1
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +206,35 @@ def test_real_model_is_deterministic_and_postprocessed(minilm_index: Path, minil
         assert c.text and len(c.text) <= MAX_CHARS and c.tokens <= 24
         assert [e.username for e in c.exemplars] == [user] * 3
         assert c.text.endswith("<hyperlink>")  # every tweet of this brand ends with a link
+    # the tail is the brand's most common run of trailing links, whatever the model wrote
+    assert first[0].text.endswith(" " + Counter(link_tail(e.content) for e in first[0].exemplars).most_common(1)[0][0])
+
+
+@needs_llama
+def test_real_model_stops_at_max_chars(generator) -> None:
+    config = GenerateConfig(max_tokens=64, max_chars=20, temperature=0.0)
+    messages = build_messages(Brief("Brand", media="a photo"), [ex("A long tweet " * 10)])
+    raw, tokens, _ = generator.complete(messages, prompt_tokens=200, config=config, seed=0)
+    assert tokens < 64 and 0 < len(raw) <= 20 + 16  # stops within a token of the limit
+
+
+def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: Path, minilm) -> None:
+    from retrieval.generate import Candidate, rank_candidates
+    from retrieval.search import Searcher
+
+    class NoEncode:
+        name, dim = minilm.name, minilm.dim
+
+        def encode(self, texts, *, progress=False):
+            raise AssertionError("nothing should be embedded")
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, NoEncode())  # type: ignore[arg-type]
+    one = [Candidate("A tweet <hyperlink>", "A tweet", 0, 3, 0.1, [ex("past <hyperlink>")])]
+    assert rank_candidates(searcher, Brief("Brand"), one) == (one, None)  # the sample has no likes
+    two = [dataclasses.replace(one[0], seed=1), dataclasses.replace(one[0], exemplars=[])]
+    assert rank_candidates(searcher, Brief("Brand"), [two[1], two[1]])[1] is None  # no exemplars to compare with
+    ranked, method = rank_candidates(Searcher(searcher.reader, minilm), Brief("Brand"), two)
+    assert method == "similarity" and {c.seed for c in ranked} == {0, 1}
 
 
 @needs_llama
@@ -179,6 +257,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     r = CliRunner().invoke(
         cli,
         ["eval", "generate", "--index", str(minilm_index), "--input", str(sample_parquet), "--limit", "3"]
+        + ["--offset", "100"]
         + ["--max-tokens", "24", "--json"],
     )
     assert r.exit_code == 0, r.output
@@ -189,3 +268,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
         assert 0 <= result[system]["bleu1"] <= 1
     # the tweet itself is hidden: retrieval only never copies the reference verbatim
     assert all(e["retrieval_only"] != e["reference"] for e in result["examples"])
+    from retrieval.evaluate_generation import load_rows
+
+    expected = [r["content"] for r in load_rows(sample_parquet, 3, offset=100)]
+    assert [e["reference"] for e in result["examples"]] == expected  # --offset 100 --limit 3: rows 100-102
