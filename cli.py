@@ -729,6 +729,13 @@ def generate_options(command: Any) -> Any:
 @click.option("--topic", default=None, help="What the tweet is about.")
 @click.option("--likes", type=click.IntRange(0), default=None, help="The likes wanted.")
 @click.option("--candidates", type=click.IntRange(1), default=1, show_default=True, help="Tweets to generate and rank.")
+@click.option(
+    "--image",
+    "image_path",
+    default=None,
+    help="The picture (file or URL): CLIP describes it for --media, and its image neighbours join the exemplars.",
+)
+@clip_options
 @generate_options
 @click.option("--json", "as_json", is_flag=True)
 def generate(
@@ -740,6 +747,9 @@ def generate(
     topic: str | None,
     likes: int | None,
     candidates: int,
+    image_path: str | None,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
     model_path: Path | None,
     exemplars: int,
     max_tokens: int,
@@ -753,7 +763,6 @@ def generate(
     from retrieval.search import Searcher
 
     config = _generate_config(exemplars, max_tokens, temperature, seed)
-    brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
     stream = sys.stderr.isatty()  # tokens stream to stderr, so stdout keeps only the result
 
     current = [-1]
@@ -767,9 +776,19 @@ def generate(
     with user_errors():
         generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())  # a bad file fails fast
         try:
-            searcher = Searcher.open(index_path)
+            searcher = Searcher.open(index_path, clip=_clip_for(clip_checkpoint, clip_model, index_path))
+            image = None
+            if image_path is not None:
+                media, image = _describe_image(searcher, image_path, media)
+            brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
             found, method = run_generate(
-                searcher, generator, brief, config, candidates=candidates, on_token=show if stream else None
+                searcher,
+                generator,
+                brief,
+                config,
+                candidates=candidates,
+                on_token=show if stream else None,
+                image=image,
             )
             if stream:
                 click.echo(err=True)
@@ -795,6 +814,21 @@ def generate(
             click.echo(head + _cut(e.content, width - len(head)))
     else:
         click.echo("\nno past tweets found: generated from the brief alone")
+
+
+def _describe_image(searcher: Any, image_path: str, media: str) -> tuple[str, Any]:
+    """The picture in words (CLIP zero-shot labels) unless --media says it, and its CLIP vector
+    when the index has image vectors to find neighbours with."""
+    from retrieval.describe import MediaDescriber
+
+    if searcher.clip is None:
+        raise RetrievalError("--image needs the CLIP model: give --clip-checkpoint PATH")
+    picture = _load_image(image_path)
+    if not media.strip():
+        media = MediaDescriber(searcher.clip).describe(picture)
+        click.echo(f"media: {media}", err=True)
+    image = searcher.image_vector(picture) if searcher.reader.has_vectors("image") else None
+    return media, image
 
 
 @evaluate.command("generate")

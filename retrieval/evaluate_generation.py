@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import RetrievalError
 from retrieval.generate import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
-from retrieval.generate import postprocess as clean
+from retrieval.postprocess import postprocess as clean
 
 if TYPE_CHECKING:
     from retrieval.search import Searcher

@@ -2,8 +2,8 @@
 
 The pieces that decide what the model sees are pure functions, tested without a model:
 `rerank` (similarity plus a likes bonus), `build_messages` (the chat prompt), `fit_messages`
-(drop exemplars, least relevant first, until the prompt fits the context) and `postprocess`
-(one tweet, at most 280 characters, the dataset's `<hyperlink>`/`<mention>` placeholders).
+(drop exemplars, least relevant first, until the prompt fits the context) and, in its own
+module, `postprocess` (one tweet, at most 280 characters, the dataset's placeholders).
 `Generator` wraps llama_cpp.Llama; `generate` ties retrieval, generation and ranking together.
 """
 
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import math
-import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,17 +23,15 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.llm import Generator, Messages
+from retrieval.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
 from retrieval.store import Filters
 
 if TYPE_CHECKING:
-    from retrieval.search import Searcher
+    from retrieval.search import Hit, Searcher
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Brief", "Candidate", "Exemplar", "GenerateConfig", "Generator", "generate", "postprocess"]
-
-MAX_CHARS = 280
-HYPERLINK, MENTION = "<hyperlink>", "<mention>"
 
 
 @dataclass(frozen=True)
@@ -171,12 +168,16 @@ def find_exemplars(
     config: GenerateConfig,
     *,
     vector: np.ndarray | None = None,
+    image: np.ndarray | None = None,
     exclude: frozenset[int] = frozenset(),
 ) -> list[Exemplar]:
     """Up to config.exemplars past tweets: the account's first, then its company's, then anyone's.
 
     A dated brief sees only tweets from before its date. Within each level the pool is
-    re-ranked by similarity plus a likes bonus, so well-liked tweets come first.
+    re-ranked by similarity plus a likes bonus, so well-liked tweets come first. With `image`
+    (the CLIP vector of the brief's picture, for an index with image vectors) the tweets whose
+    images are nearest form a second pool, taken in turn with the text pool: the two spaces'
+    cosines are not comparable, so neither ranking is merged into the other.
     """
     if config.exemplars < 1:
         return []
@@ -191,11 +192,11 @@ def find_exemplars(
     chosen: list[Exemplar] = []
     seen = set(exclude)
     for level, filters in levels:
-        hits = searcher.similar_vectors(vector, config.pool, filters=filters, exclude=frozenset(seen))[0]
-        hits = [h for h in hits if h.tweet.get("content")]
-        order = rerank([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)
-        for i in order[: config.exemplars - len(chosen)]:
-            t = hits[i].tweet
+        pools = [_pool(searcher, vector, filters, frozenset(seen), config, "text")]
+        if image is not None:
+            pools.append(_pool(searcher, image[None], filters, frozenset(seen), config, "image"))
+        for hit in _take_in_turn(pools, config.exemplars - len(chosen)):
+            t = hit.tweet
             seen.add(t["vec_id"])
             chosen.append(
                 Exemplar(
@@ -206,7 +207,7 @@ def find_exemplars(
                     t.get("likes"),
                     t.get("date"),
                     t["content"],
-                    hits[i].score,
+                    hit.score,
                     level,
                     describe_media(t.get("media")),
                 )  # fmt: skip
@@ -218,6 +219,30 @@ def find_exemplars(
     elif chosen[0].level != "account":
         log.warning("%s has no earlier tweets in the index: exemplars come from %s", brief.username, chosen[0].level)
     return chosen
+
+
+def _pool(
+    searcher: Searcher,
+    query: np.ndarray,
+    filters: Filters,
+    exclude: frozenset[int],
+    config: GenerateConfig,
+    space: str,
+) -> list[Hit]:
+    """Neighbours with text in one space, best first by similarity plus the likes bonus."""
+    hits = searcher.similar_vectors(query, config.pool, filters=filters, exclude=exclude, space=space)[0]
+    hits = [h for h in hits if h.tweet.get("content")]
+    return [hits[i] for i in rerank([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)]
+
+
+def _take_in_turn(pools: Sequence[list[Hit]], n: int) -> list[Hit]:
+    """Up to n hits, one from each pool in turn, each tweet once."""
+    taken: dict[int, Hit] = {}
+    for row in itertools.zip_longest(*pools):
+        for hit in row:
+            if hit is not None and len(taken) < n:
+                taken.setdefault(hit.tweet["vec_id"], hit)
+    return list(taken.values())
 
 
 def build_messages(brief: Brief, exemplars: Sequence[Exemplar]) -> Messages:
@@ -277,66 +302,8 @@ def fit_messages(
         kept.pop()
 
 
-_URL = re.compile(r"(?:https?://|www\.)\S+|\b(?:t\.co|bit\.ly)/\S+", re.I)
-_HANDLE = re.compile(r"(?<![\w<])@\w+")
-_LINK_WORDS = re.compile(r"[<\[{(]\s*(?:insert\s+)?(?:hyper)?(?:link|url)\b[^<>\[\]{}()]{0,30}[>\]})]", re.I)
-_MENTION_WORDS = re.compile(
-    r"[<\[{(]\s*(?:insert\s+)?(?:mention|user(?:name)?|handle)(?:[_ ]?\w{0,12})?\s*[>\]})]", re.I
-)
-_LABEL = re.compile(r"^\s*(?:here(?:'s| is)\b[^:\n]*:|(?:new )?tweet\s*\d*\s*:|\d+[.)]\s+)", re.I)
-_BROKEN = re.compile(r"<\s*(hyperlink|mention)\b\s*>?", re.I)
-_REPEATS = re.compile(r"(<hyperlink>|<mention>)(?:\s*\1){2,}")
-_LINK_TAIL = re.compile(r"(?:\s*<hyperlink>)+\s*$")
-_PICTOGRAPH = r"[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF]"
-_EMOJI = rf"{_PICTOGRAPH}(?:\ufe0f|[\U0001F3FB-\U0001F3FF]|\u200d{_PICTOGRAPH})*"  # with its modifiers and ZWJ joins
-_EMOJI_RUN = re.compile(rf"(?:{_EMOJI}\s*){{4,}}")
-"""Four or more emoji in a row: 0.7% of the real tweets, the usual failure of a small model."""
-
-
-def _first_three_emoji(run: re.Match[str]) -> str:
-    return "".join(re.findall(_EMOJI, run.group())[:3]) + (" " if run.group()[-1].isspace() else "")
-
-
-def link_tail(text: str) -> str:
-    """The run of `<hyperlink>` placeholders a tweet ends with ('', '<hyperlink>', '<hyperlink> <hyperlink>')."""
-    found = _LINK_TAIL.search(text)
-    return " ".join(found.group().split()) if found else ""
-
-
-def postprocess(text: str, exemplars: Sequence[Exemplar] = ()) -> str:
-    """One tweet from raw model output: the first paragraph, labels and quotes stripped, links and
-    handles turned into the dataset's placeholders, the trailing links the brand uses most in the
-    exemplars (every tweet in the data ends with one or two), cut to 280 characters at a word
-    boundary with those links kept."""
-    text = text.replace("\r", "")
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    text = next((p for p in paragraphs if _LABEL.sub("", p).strip()), "")
-    text = _LABEL.sub("", text).strip().strip('"“”').strip()
-    text = _BROKEN.sub(lambda m: f"<{m.group(1).lower()}>", text)  # '<hyperlink' cut short, '< mention >'
-    text = _LINK_WORDS.sub(HYPERLINK, text)
-    text = _MENTION_WORDS.sub(MENTION, text)
-    text = _URL.sub(HYPERLINK, text)
-    text = _HANDLE.sub(MENTION, text)
-    text = _REPEATS.sub(r"\1 \1", text)
-    text = re.sub(r"(\S)\1{3,}", r"\1\1\1", text)  # runs of one character or emoji
-    text = _EMOJI_RUN.sub(_first_three_emoji, text)
-    text = re.sub(r"[ \t]+", " ", text).strip()
-    if not _LINK_TAIL.sub("", text).strip():
-        return ""
-    tail = link_tail(text)
-    if exemplars:
-        tail = Counter(link_tail(e.content) for e in exemplars).most_common(1)[0][0]
-    text = _LINK_TAIL.sub("", text).rstrip()
-    limit = MAX_CHARS - (len(tail) + 1 if tail else 0)
-    if len(text) > limit:
-        cut = text[: limit + 1]
-        text = (cut[: cut.rfind(" ")] if " " in cut else cut[:limit]).rstrip()
-        text = text[:limit]
-    return f"{text} {tail}".strip()
-
-
 def rank_candidates(
-    searcher: Searcher, brief: Brief, candidates: list[Candidate]
+    searcher: Searcher, brief: Brief, candidates: list[Candidate], *, image: np.ndarray | None = None
 ) -> tuple[list[Candidate], str | None]:
     """Best first, by the kNN likes predictor; by similarity to the exemplars when the index has
     no likes (or no history before the brief's date). Returns the ranked list and the method;
@@ -354,7 +321,7 @@ def rank_candidates(
         log.info("ranking by similarity to the exemplars: %s", e)
         return _rank_by_similarity(searcher, candidates), "similarity"
     vectors = searcher.embedder.encode([c.text or " " for c in candidates])
-    found = predict_likes(history, vectors, [query] * len(candidates))
+    found = predict_likes(history, vectors, [query] * len(candidates), images=[image] * len(candidates))
     ranked = [
         dataclasses.replace(c, predicted_likes=p.likes, rank_score=p.log_likes) for c, p in zip(candidates, found)
     ]
@@ -379,13 +346,17 @@ def generate(
     *,
     candidates: int = 1,
     on_token: Callable[[int, str], None] | None = None,
+    image: np.ndarray | None = None,
 ) -> tuple[list[Candidate], str | None]:
-    """Tweets for the brief, best first, and how they were ranked (see rank_candidates)."""
+    """Tweets for the brief, best first, and how they were ranked (see rank_candidates).
+
+    `image` is the CLIP vector of the brief's picture: its neighbours join the exemplars and the
+    likes prediction that ranks the candidates."""
     config = config or GenerateConfig()
     if candidates < 1:
         raise RetrievalError(f"candidates must be at least 1, got {candidates}")
     brief = brief if brief.company else _with_company(searcher, brief)
-    exemplars = find_exemplars(searcher, brief, config)
+    exemplars = find_exemplars(searcher, brief, config, image=image)
     budget = generator.context_limit() - config.max_tokens - 32
     messages, kept, prompt_tokens = fit_messages(brief, exemplars, generator.count_tokens, budget)
     out = []
@@ -396,7 +367,7 @@ def generate(
             messages, prompt_tokens=prompt_tokens, config=config, seed=seed, on_token=sink
         )
         out.append(Candidate(postprocess(raw, kept), raw, seed, tokens, seconds, kept))
-    return rank_candidates(searcher, brief, out)
+    return rank_candidates(searcher, brief, out, image=image)
 
 
 def _with_company(searcher: Searcher, brief: Brief) -> Brief:

@@ -396,7 +396,7 @@ class IndexHistory:
         """Text neighbours and, for a tweet with an image in an index with image vectors, image
         neighbours too (each space searched with the same filters, weighted apart in `combine`)."""
         found = [(i, s, "text") for i, s in self._search(vector, query, config, "text")]
-        if image is not None and "image" in self.reader.sets:
+        if image is not None and self.reader.has_vectors("image"):
             found += [(i, s, "image") for i, s in self._search(image, query, config, "image")]
         by_id = {r["vec_id"]: r for r in self.reader.rows(sorted({i for i, _, _ in found}))}
         found = [f for f in found if f[0] in by_id]

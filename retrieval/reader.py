@@ -90,6 +90,10 @@ class IndexReader:
     def nlist(self) -> int:
         return self.sets["text"].nlist
 
+    def has_vectors(self, space: str) -> bool:
+        """Whether the index holds any vectors in this space (an image set may be empty: all media missing)."""
+        return bool(space in self.sets and self.sets[space].shards)
+
     def vector_set(self, space: str) -> VectorSet:
         """The named vector set, or a one-line error saying how to get it."""
         found = self.sets.get(space)

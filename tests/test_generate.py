@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 from retrieval.errors import ModelMissing
 from retrieval.generate import (
-    MAX_CHARS,
     Brief,
     Exemplar,
     GenerateConfig,
@@ -25,10 +24,9 @@ from retrieval.generate import (
     describe_media,
     find_exemplars,
     fit_messages,
-    link_tail,
-    postprocess,
     rerank,
 )
+from retrieval.postprocess import MAX_CHARS, link_tail, postprocess
 
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python absent")
 

@@ -189,3 +189,45 @@ def test_image_set_needs_its_own_model(image_index: Path, minilm) -> None:
     with pytest.raises(RetrievalError, match="image search needs the CLIP model"):
         Searcher(reader, minilm).similar_image(make_image(1))
     assert np.isfinite([s for _, s in reader.search(minilm.encode(["hello"]), 3)[0]]).all()
+
+
+def test_generation_takes_exemplars_from_image_neighbours(
+    image_index: Path, labelled: Path, minilm, clip_embedder
+) -> None:
+    from retrieval.generate import Brief, GenerateConfig, find_exemplars
+
+    table = pq.read_table(labelled)
+    seed = 7
+    owner = table.column("username")[seed].as_py()
+    searcher = Searcher.open(image_index, minilm, clip=clip_embedder)
+    brief = Brief(username=owner, media="a photo")
+    config = GenerateConfig(exemplars=4)
+    image = clip_embedder.encode_images([make_image(100 + seed)])[0]
+    with_image = find_exemplars(searcher, brief, config, image=image)
+    text_only = find_exemplars(searcher, brief, config)
+    wanted = table.column("id")[seed].as_py()
+    assert wanted in [e.tweet_id for e in with_image], "the tweet with the nearest picture is an exemplar"
+    assert len({e.vec_id for e in with_image}) == len(with_image) == len(text_only)
+
+
+def test_cli_generate_describes_the_image(
+    image_index: Path, labelled: Path, local_images: Path, clip_checkpoint
+) -> None:
+    from cli import cli
+
+    owner = pq.read_table(labelled).column("username")[3].as_py()
+    args = [
+        "generate",
+        "--index",
+        str(image_index),
+        "--username",
+        owner,
+        "--image",
+        str(next(local_images.glob("*.png"))),
+    ]
+    args += ["--clip-checkpoint", str(clip_checkpoint), "--clip-model", "ViT-S-32", "--max-tokens", "16", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("media: photo of "), "CLIP's top labels stand in for --media"
+    answer = json.loads(result.stdout)
+    assert answer["candidates"][0]["exemplars"]
