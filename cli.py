@@ -381,7 +381,7 @@ def _filters(
     until: dt.datetime | None,
     min_likes: int | None,
 ) -> Any:
-    from retrieval.store import Filters
+    from retrieval.reader import Filters
 
     if until is not None and until.time() == dt.time(0):
         until = until + dt.timedelta(days=1) - dt.timedelta(microseconds=1)

@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.errors import RetrievalError
 from retrieval.llm import Generator, Messages
 from retrieval.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
-from retrieval.store import Filters
+from retrieval.reader import Filters
 
 if TYPE_CHECKING:
     from retrieval.search import Hit, Searcher

@@ -35,8 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.reader import IndexReader
-from retrieval.store import Filters
+from retrieval.reader import Filters, IndexReader
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from dataclasses import dataclass
@@ -14,12 +15,46 @@ import numpy as np
 
 from retrieval import index as fx
 from retrieval.errors import IndexCorrupt, RetrievalError
-from retrieval.store import COLUMNS, SELECT_COLUMNS, Filters, open_shards, read_manifest
+from retrieval.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
 
 log = logging.getLogger(__name__)
 
 IMAGES_PER_TWEET = 4
 """Image hits asked per wanted tweet: a tweet has up to four images, and counts once."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata filters; each is bound as a SQL parameter, never pasted into the query."""
+
+    username: str | None = None
+    company: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    min_likes: int | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """A WHERE clause over `tweets` (TRUE when nothing is filtered) and its parameters."""
+        clauses, params = ["TRUE"], []
+        if self.username:
+            clauses.append("lower(username) = lower(?)")
+            params.append(self.username)
+        if self.company:
+            clauses.append("lower(company) = lower(?)")
+            params.append(self.company)
+        if self.since:
+            clauses.append("date >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("date <= ?")
+            params.append(self.until)
+        if self.min_likes is not None:
+            clauses.append("likes >= ?")
+            params.append(self.min_likes)
+        return " AND ".join(clauses), params
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.username, self.company, self.since, self.until, self.min_likes))
 
 
 SPACES = ("text", "image")

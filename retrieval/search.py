@@ -11,8 +11,7 @@ import numpy as np
 
 from retrieval.embed import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
-from retrieval.reader import IndexReader
-from retrieval.store import Filters
+from retrieval.reader import Filters, IndexReader
 
 if TYPE_CHECKING:
     import PIL.Image

@@ -23,9 +23,8 @@ from retrieval.errors import RetrievalError
 from retrieval.evaluate import eval_search
 from retrieval.media import MediaFetcher
 from retrieval.predict import IndexHistory, PredictConfig, Query, predict_likes
-from retrieval.reader import IndexReader
+from retrieval.reader import Filters, IndexReader
 from retrieval.search import Searcher
-from retrieval.store import Filters
 
 
 def _source(clip_embedder, folder: Path | None = None) -> ImageSource:

@@ -13,8 +13,7 @@ import pytest
 from retrieval import store
 from retrieval.data import load_tweets
 from retrieval.errors import IndexNotFound
-from retrieval.reader import IndexReader
-from retrieval.store import Filters
+from retrieval.reader import Filters, IndexReader
 
 EMBEDDER = {"name": "test-vectors", "dim": 64}
 
