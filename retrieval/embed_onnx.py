@@ -1,11 +1,9 @@
 """The CPU fast path: a sentence-transformers model run by ONNX Runtime, int8 by default.
 
-The local model folder is exported once to ONNX (torch.onnx.export) and, for int8, its weight
-MatMuls are rewritten as MatMulNBits with 8-bit weights in blocks of INT8_BLOCK input channels and
-int8 compute (accuracy_level 4), which quantizes the activations per row and per block too.
-Plain dynamic quantization (one int8 scale per activation tensor) is faster but lost too much on
-MPNet: the <s> and </s> tokens carry activations 30-40x larger than the rest, so one scale for
-the whole tensor flattens every other token (mean cosine 0.88, docs/benchmarks.md).
+The local model folder is exported once to ONNX (torch.onnx.export), then quantized to int8 by
+retrieval/onnx_int8.py (per-token int8 after SmoothQuant where the input is a LayerNorm output,
+8-bit blockwise elsewhere; calibrated on CALIBRATION_TEXTS). Plain dynamic quantization (one scale
+per activation tensor) is faster still but lost too much on MPNet (docs/benchmarks.md).
 
 The files are cached under `<cache dir>/models/onnx/`, written to a temporary name and renamed,
 and rebuilt when unreadable. Running them needs neither torch nor sentence-transformers: only
@@ -37,10 +35,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OnnxPrecision = Literal["fp32", "int8"]
-RECIPE = 1
+RECIPE = 2
 """Part of every cached file's name: bump it when the export or the quantization changes."""
-INT8_BLOCK = 128
+SMOOTHING_ALPHA = 0.6
+INT8_BLOCK = 32
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+CALIBRATION_TEXTS = (
+    "We're hiring! Join our engineering team in Austin <hyperlink>",
+    "Happy Friday! What are your plans for the weekend? 🎉",
+    "Our new store opens Saturday at 9am. See you there! #GrandOpening",
+    "Thanks <mention> for the kind words about our customer service team.",
+    "Breaking: quarterly results beat expectations, revenue up 12% year over year.",
+    "Sorry to hear that. Please DM us your order number and we'll look into it right away.",
+    "Introducing the all-new lineup: faster, lighter and built to last. Learn more: <hyperlink>",
+    "Celebrate Earth Day with us: every purchase today plants a tree 🌳 #EarthDay",
+    "Watch the livestream of our keynote tomorrow at 10am PT <hyperlink>",
+    "Did you know? 3 out of 4 customers recycle their packaging. Let's get that to 4!",
+    "Congratulations to the winners of this year's innovation awards! 🏆",
+    "Tips for staying safe online: use strong passwords and turn on two-factor authentication.",
+    "Our team volunteered at the local food bank this weekend ❤️ #CommunityFirst",
+    "New recipe alert: spicy chicken tacos with fresh lime & cilantro",
+    "The wait is over. Pre-orders start now <hyperlink> <hyperlink>",
+    "Join us at booth 42 at #CES2023 to see the future of smart homes.",
+    "Flight delayed? Check the app for real-time updates and rebooking options.",
+    "RT if you agree: coffee first, everything else later ☕",
+    "Meet Maria, a nurse who has cared for patients for 25 years. Thank you, Maria!",
+    "Free shipping on all orders over $50 this week only. Use code SAVE50 at checkout.",
+    "We are committed to net zero emissions by 2040. Read our sustainability report <hyperlink>",
+    "Game day! Who are you cheering for tonight? 🏈 #SundayFootball",
+    "Update: the outage has been resolved. Thanks for your patience, everyone.",
+    "How do you like your pizza? Reply with your favourite toppings 🍕",
+)
+"""Tweet-like sentences (written for this, not real tweets) whose activations set the int8
+smoothing; calibrating on 128 real tweets instead gave the same agreement (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +122,10 @@ def export_onnx(folder: Path, target: Path, precision: OnnxPrecision) -> Path:
         fp32 = Path(tmp) / "fp32.onnx"
         _export_fp32(folder, fp32)
         if precision == "int8":
-            _quantize_int8(fp32, Path(tmp) / "int8.onnx")
+            from retrieval.onnx_int8 import quantize_int8
+
+            feeds = _calibration_feeds(folder)
+            quantize_int8(fp32, Path(tmp) / "int8.onnx", feeds, alpha=SMOOTHING_ALPHA, block=INT8_BLOCK)
             fp32 = Path(tmp) / "int8.onnx"
         os.replace(fp32, target)
     return target
@@ -132,26 +162,19 @@ def _export_fp32(folder: Path, out: Path) -> None:
         )
 
 
-def _quantize_int8(src: Path, out: Path) -> None:
-    import onnx
+def _calibration_feeds(folder: Path) -> list[dict[str, np.ndarray]]:
+    """CALIBRATION_TEXTS as model inputs, one text per feed (no padding to mask out)."""
+    from tokenizers import Tokenizer
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    # this module calls logging.basicConfig(level=INFO) when imported; undo that, and its chatter
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    root.handlers[:], root.level = handlers, level
-    chatty = logging.getLogger("onnxruntime.quantization")
-    chatty_level = chatty.level
-    chatty.setLevel(logging.WARNING)
-    try:
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(src)), bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4
-        )
-        quantizer.process()
-    finally:
-        chatty.setLevel(chatty_level)
-    onnx.save(quantizer.model.model, str(out))
+    spec = read_spec(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(min(spec.max_seq_length, MAX_SEQ_LENGTH))
+    tokenizer.no_padding()
+    texts = [t.lower() for t in CALIBRATION_TEXTS] if spec.do_lower_case else list(CALIBRATION_TEXTS)
+    return [
+        {"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.ones((1, len(e.ids)), dtype=np.int64)}
+        for e in tokenizer.encode_batch(texts)
+    ]
 
 
 def _pad_id(tokenizer: Tokenizer, folder: Path) -> int:

@@ -65,11 +65,11 @@ def test_int8_is_normalised_deterministic_and_close_to_fp32(
     # another batch pads a text differently, which int8 compute rounds slightly differently
     assert cosines(onnx_int8.encode(tweets[:7]), vectors[:7]).min() > 0.9995
     cos = cosines(vectors, reference)
-    # measured on these 300 tweets: mean 0.9990, min 0.9978; 10-NN agreement about 0.96
-    assert cos.mean() > 0.998 and cos.min() > 0.99
+    # measured on these 300 tweets: mean 0.9995, min 0.9989; 10-NN agreement 0.970
+    assert cos.mean() > 0.999 and cos.min() > 0.995
     _, ref_top = fx.exact_search(reference, reference, 11)
     _, top = fx.exact_search(vectors, vectors, 11)
-    assert fx.recall_at_k(top[:, 1:], ref_top[:, 1:], 10) > 0.9
+    assert fx.recall_at_k(top[:, 1:], ref_top[:, 1:], 10) > 0.93
 
 
 def test_empty_input_and_one_text(onnx_int8: OnnxEmbedder) -> None:
@@ -172,7 +172,7 @@ def test_mpnet_int8_agrees_with_fp32(tweets: list[str]) -> None:
 
     reference = SentenceEmbedder("mpnet", device="cpu", precision="fp32").encode(tweets[:100])
     cos = cosines(OnnxEmbedder("mpnet", precision="int8").encode(tweets[:100]), reference)
-    # measured on 1,000 tweets: mean 0.9993, min 0.9978 (docs/benchmarks.md)
+    # measured on 1,000 tweets: mean 0.9991, min 0.9966 (docs/benchmarks.md); on these 100: 0.9991, 0.9984
     assert cos.mean() > 0.998 and cos.min() > 0.99
 
 
