@@ -117,17 +117,20 @@ def export_onnx(folder: Path, target: Path, precision: OnnxPrecision) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s to ONNX %s (once, about a minute)", folder, precision)
+    log.info("exporting %s to ONNX %s (once; about 30 s for MPNet)", folder, precision)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        _export_fp32(folder, fp32)
+        built = Path(tmp) / "fp32.onnx"
+        _export_fp32(folder, built)
         if precision == "int8":
             from retrieval.onnx_int8 import quantize_int8
 
             feeds = _calibration_feeds(folder)
-            quantize_int8(fp32, Path(tmp) / "int8.onnx", feeds, alpha=SMOOTHING_ALPHA, block=INT8_BLOCK)
-            fp32 = Path(tmp) / "int8.onnx"
-        os.replace(fp32, target)
+            quantize_int8(built, Path(tmp) / "int8.onnx", feeds, alpha=SMOOTHING_ALPHA, block=INT8_BLOCK)
+            built = Path(tmp) / "int8.onnx"
+        os.replace(built, target)
+    for stale in target.parent.glob(f"model-{precision}-r*.onnx"):
+        if stale != target:
+            stale.unlink()  # made by an older recipe: never read again
     return target
 
 

@@ -6,8 +6,9 @@ flattens everything else (mean cosine 0.73-0.88 to fp32 on real tweets). Two fix
 
 - MatMuls that read a LayerNormalization output (query, key, value, feed-forward in: about 60%
   of the work) get one scale per token, after SmoothQuant (Xiao et al., 2023) has moved the
-  outlier channels into the weights (s = amax(x)^0.5 / amax(w)^0.5, measured on calibration
-  texts); they run as MatMulIntegerToFloat, onnxruntime's fast u8 x s8 kernel.
+  outlier channels into the weights (x / s and s * w, s = amax(x)^alpha / amax(w)^(1 - alpha) per
+  input channel, amax(x) measured on calibration texts); they run as MatMulIntegerToFloat,
+  onnxruntime's fast u8 x s8 kernel.
 - The other weight MatMuls (attention output, feed-forward out, whose inputs have the largest
   outliers) become MatMulNBits: 8-bit weights in blocks of `block` input channels, int8 compute
   that quantizes activations per token and block too (accuracy_level 4); slower, but exact enough.
