@@ -776,7 +776,8 @@ def generate(
     with user_errors():
         generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())  # a bad file fails fast
         try:
-            searcher = Searcher.open(index_path, clip=_clip_for(clip_checkpoint, clip_model, index_path))
+            clip = _clip_for(clip_checkpoint, clip_model, index_path) if image_path is not None else None
+            searcher = Searcher.open(index_path, clip=clip)
             image = None
             if image_path is not None:
                 media, image = _describe_image(searcher, image_path, media)

@@ -269,10 +269,7 @@ def _check_same_clip(path: Path, manifest: dict[str, Any], clip: ClipEmbedder) -
     built = manifest.get("image", {}).get("embedder")
     if built is None:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with --clip-checkpoint")
-    if built["model_id"] != clip.model_id:
-        raise RetrievalError(
-            f"{path}: image vectors were made by {built['model_id']}, not {clip.model_id}; use the same checkpoint"
-        )
+    clip.check_built_with(built, path)
 
 
 def _check_embedder(path: Path, info: Mapping[str, Any], embedder: Embedder) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrieval.embed import default_device
-from retrieval.errors import ModelMissing
+from retrieval.errors import ModelMissing, RetrievalError
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +109,14 @@ class ClipEmbedder:
         self.model.eval()
         self.logit_scale = float(self.model.logit_scale.exp().item())
         log.info("CLIP %s loaded from %s on %s", model, path, self.device)
+
+    def check_built_with(self, built: Mapping[str, Any], where: Path) -> None:
+        """Refuse to mix vectors of two checkpoints: `built` is an index's image embedder entry."""
+        if built["model_id"] != self.model_id:
+            raise RetrievalError(
+                f"{where}: image vectors were made by {built['model_id']}, not {self.model_id};"
+                " give the checkpoint the index was built with"
+            )
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Texts -> (n, dim) float32 rows of unit length; CLIP keeps the first 77 tokens of each."""

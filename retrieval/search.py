@@ -51,11 +51,8 @@ class Searcher:
                 f"embedder {embedder.name} gives {embedder.dim}-d"
             )
         image = reader.manifest.get("image", {}).get("embedder")
-        if clip is not None and image is not None and image["model_id"] != clip.model_id:
-            raise RetrievalError(
-                f"{reader.path}: image vectors were made by {image['model_id']}, not {clip.model_id};"
-                " give the checkpoint the index was built with"
-            )
+        if clip is not None and image is not None:
+            clip.check_built_with(image, reader.path)
         self.reader = reader
         self._embedder = embedder
         self.clip = clip
