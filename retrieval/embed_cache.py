@@ -17,10 +17,14 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from retrieval.embed import Embedder, cache_dir
 
 log = logging.getLogger(__name__)
+
+STORE_EVERY = 512
+"""Texts embedded between two writes to the cache: a build killed late keeps all but the last few."""
 
 
 def normalise(text: str) -> str:
@@ -67,12 +71,23 @@ class CachedEmbedder:
         self.misses += len(todo)
         if todo:
             unique = {keys[i]: i for i in todo}
-            fresh = self.inner.encode([normalise(texts[i]) for i in unique.values()], progress=progress)
-            by_key = dict(zip(unique, fresh))
+            by_key = {}
+            pending = list(unique)
+            with tqdm(total=len(pending), desc="embedding", unit="text", disable=not progress) as bar:
+                for start in range(0, len(pending), STORE_EVERY):
+                    chunk = pending[start : start + STORE_EVERY]
+                    fresh = self.inner.encode([normalise(texts[unique[k]]) for k in chunk])
+                    self._store(chunk, fresh)
+                    by_key.update(zip(chunk, fresh))
+                    bar.update(len(chunk))
             for i in todo:
                 vectors[i] = by_key[keys[i]]
-            self._store(list(unique), fresh)
         return vectors
+
+    def record(self) -> dict[str, object]:
+        """The wrapped embedder's record (recipe, CPU) for the manifest."""
+        record = getattr(self.inner, "record", None)
+        return record() if callable(record) else {}
 
     def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """The CPU fast path: a sentence-transformers model run by ONNX Runtime, int8 by default.
 
-The local model folder is exported once to ONNX (torch.onnx.export), then quantized to int8 by
-retrieval/onnx_int8.py (per-token int8 after SmoothQuant where the input is a LayerNorm output,
-8-bit blockwise elsewhere; calibrated on CALIBRATION_TEXTS). Plain dynamic quantization (one scale
-per activation tensor) is faster still but lost too much on MPNet (docs/benchmarks.md).
+The local model folder is exported once to ONNX (torch.onnx.export). For int8, the recipe is
+chosen on this machine by retrieval/onnx_recipes.py among those of retrieval/onnx_int8.py
+(calibrated on CALIBRATION_TEXTS, checked against the fp32 export), once per CPU feature set: a
+model quantized on one CPU is never reused on another without its own check. Plain dynamic
+quantization (one scale per activation tensor) is faster still but lost too much on MPNet
+(docs/benchmarks.md).
 
 The files are cached under `<cache dir>/models/onnx/`, written to a temporary name and renamed,
 and rebuilt when unreadable. Running them needs neither torch nor sentence-transformers: only
@@ -25,8 +27,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from retrieval.cpu import cpu_key
 from retrieval.embed import MAX_SEQ_LENGTH, cache_dir, model_path
 from retrieval.errors import ModelMissing
+from retrieval.onnx_recipes import FP32, Choice, choose_recipe, read_choice
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -35,8 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OnnxPrecision = Literal["fp32", "int8"]
-RECIPE = 2
-"""Part of every cached file's name: bump it when the export or the quantization changes."""
+RECIPE = 3
+"""Part of every cached file's name: bump it when the export, the recipes or their check change."""
 SMOOTHING_ALPHA = 0.6
 INT8_BLOCK = 32
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -105,32 +109,28 @@ def read_spec(folder: Path) -> ModelSpec:
 
 
 def onnx_path(folder: Path, precision: OnnxPrecision) -> Path:
-    """The cache file for this model folder and precision; a changed weights file gets a new name."""
+    """The cache file for this model folder and precision; a changed weights file gets a new name,
+    and an int8 file is this CPU's own (its choice of recipe sits beside it, with a .json suffix)."""
     weights = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).exists()), folder)
     stat = weights.stat()
     digest = hashlib.sha1(f"{folder.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / "onnx" / f"{folder.name}-{digest}" / f"model-{precision}-r{RECIPE}.onnx"
+    name = f"model-int8-r{RECIPE}-{cpu_key()}.onnx" if precision == "int8" else f"model-fp32-r{RECIPE}.onnx"
+    return cache_dir() / "models" / "onnx" / f"{folder.name}-{digest}" / name
 
 
-def export_onnx(folder: Path, target: Path, precision: OnnxPrecision) -> Path:
-    """Export the folder's transformer to `target` once (torch needed here only); atomic."""
+def export_onnx(folder: Path, target: Path) -> Path:
+    """Export the folder's transformer in fp32 to `target` once (torch needed here only); atomic."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s to ONNX %s (once; about 30 s for MPNet)", folder, precision)
+    log.info("exporting %s to ONNX (once; about 30 s for MPNet)", folder)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / "fp32.onnx"
         _export_fp32(folder, built)
-        if precision == "int8":
-            from retrieval.onnx_int8 import quantize_int8
-
-            feeds = _calibration_feeds(folder)
-            quantize_int8(built, Path(tmp) / "int8.onnx", feeds, alpha=SMOOTHING_ALPHA, block=INT8_BLOCK)
-            built = Path(tmp) / "int8.onnx"
         os.replace(built, target)
-    for stale in target.parent.glob(f"model-{precision}-r*.onnx"):
-        if stale != target:
-            stale.unlink()  # made by an older recipe: never read again
+    for stale in target.parent.glob("model-*-r*.*"):
+        if f"-r{RECIPE}" not in stale.name:
+            stale.unlink()  # made by an older export or recipe: never read again
     return target
 
 
@@ -165,7 +165,7 @@ def _export_fp32(folder: Path, out: Path) -> None:
         )
 
 
-def _calibration_feeds(folder: Path) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(folder: Path) -> list[dict[str, np.ndarray]]:
     """CALIBRATION_TEXTS as model inputs, one text per feed (no padding to mask out)."""
     from tokenizers import Tokenizer
 
@@ -187,6 +187,26 @@ def _pad_id(tokenizer: Tokenizer, folder: Path) -> int:
     return int(config.get("pad_token_id") or 0)
 
 
+def _prepare(name: str, precision: OnnxPrecision, threads: int, level: int) -> None:
+    logging.basicConfig(level=level, format="%(message)s")
+    OnnxEmbedder(name, precision=precision, threads=threads, isolate=False)
+
+
+def _prepare_in_child(name: str, precision: OnnxPrecision, threads: int) -> None:
+    """Export and choose in a fresh process: its memory (torch, the model in several copies) is
+    returned to the system when it ends, before this process embeds anything."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            pool.submit(_prepare, name, precision, threads, level).result()
+        except BrokenProcessPool:
+            raise ModelMissing(f"{name}: preparing the ONNX model failed (the process died: out of memory?)") from None
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -205,14 +225,16 @@ class OnnxEmbedder:
         batch_size: int = 64,
         threads: int | None = None,
         max_seq_length: int | None = MAX_SEQ_LENGTH,
+        isolate: bool = True,
     ) -> None:
+        """`isolate`: make missing cached files (export, recipe choice) in a child process, so that
+        torch and the candidate models never sit in this process's memory."""
         from tokenizers import Tokenizer
 
         if precision not in ("fp32", "int8"):
             raise ValueError(f"Precision {precision!r} is not supported by the ONNX path")
         self.name = name
         self.precision = precision
-        self.model_id = f"{name}-{precision}-onnx{RECIPE}"
         self.batch_size = batch_size
         self.threads = threads or available_cores()
         self.spec = read_spec(model_path(name))
@@ -222,29 +244,86 @@ class OnnxEmbedder:
         self.tokenizer.enable_truncation(limit)
         self.pad_id = _pad_id(self.tokenizer, self.spec.folder)
         self.tokenizer.no_padding()
-        self.session = self._open(onnx_path(self.spec.folder, precision))
+        fp32 = onnx_path(self.spec.folder, "fp32")
+        if isolate and not self._ready(fp32, onnx_path(self.spec.folder, "int8")):
+            _prepare_in_child(name, precision, self.threads)
+        self.choice: Choice | None = None
+        if precision == "int8":
+            self.choice = self._choose(fp32, onnx_path(self.spec.folder, "int8"))
+        self.recipe = self.choice.recipe if self.choice else FP32
+        path = fp32 if self.recipe == FP32 else onnx_path(self.spec.folder, "int8")
+        self.model_id = f"{name}-fp32-onnx{RECIPE}" if self.recipe == FP32 else f"{name}-int8-{self.recipe}-{cpu_key()}"
+        self.session = self._load(path)
 
-    def _open(self, path: Path) -> onnxruntime.InferenceSession:
-        import onnxruntime as ort
+    def _ready(self, fp32: Path, int8: Path) -> bool:
+        if self.precision == "fp32":
+            return fp32.exists()
+        choice = read_choice(int8.with_suffix(".json"))
+        return choice is not None and (int8 if choice.recipe != FP32 else fp32).exists()
+
+    def _choose(self, fp32: Path, target: Path) -> Choice:
+        """This CPU's recipe: read from its record, or chosen now (and again if its file is gone)."""
+        choice = read_choice(target.with_suffix(".json"))
+        if choice is None or (choice.recipe != FP32 and not target.exists()):
+            self._load(fp32)  # exported, and readable
+            choice = choose_recipe(
+                fp32,
+                target,
+                calibration_feeds(self.spec.folder),
+                CALIBRATION_TEXTS,
+                self.open_session,
+                self.encode_with,
+                alpha=SMOOTHING_ALPHA,
+                block=INT8_BLOCK,
+            )
+        return choice
+
+    def _rebuild(self, path: Path) -> None:
+        """An unreadable cached file is made again: the fp32 export, or this CPU's int8 choice."""
+        path.unlink(missing_ok=True)
+        if path.name.startswith("model-fp32"):
+            export_onnx(self.spec.folder, path)
+        else:
+            path.with_suffix(".json").unlink(missing_ok=True)
+            self._choose(onnx_path(self.spec.folder, "fp32"), path)
+
+    def _load(self, path: Path) -> onnxruntime.InferenceSession:
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+        unreadable = (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile)
+        if not path.exists():
+            self._rebuild(path)
+        try:
+            return self.open_session(path)
+        except unreadable as e:
+            log.warning("%s is unreadable (%s); making it again", path, str(e).splitlines()[0])
+        self._rebuild(path)
+        try:
+            return self.open_session(path)
+        except unreadable as e:
+            raise ModelMissing(f"{path}: cannot load the exported model ({str(e).splitlines()[0]})") from None
+
+    def open_session(self, path: Path) -> onnxruntime.InferenceSession:
+        """An ONNX Runtime session on this embedder's threads (the recipe check opens several)."""
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        export_onnx(self.spec.folder, path, self.precision)
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as e:
-            log.warning("%s is unreadable (%s); exporting it again", path, str(e).splitlines()[0])
-        path.unlink(missing_ok=True)
-        export_onnx(self.spec.folder, path, self.precision)
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as e:
-            raise ModelMissing(f"{path}: cannot load the exported model ({str(e).splitlines()[0]})") from None
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def record(self) -> dict[str, object]:
+        """What an index manifest keeps about this embedder beyond name, width and precision."""
+        return self.choice.record() if self.choice else {"recipe": FP32}
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        return self.encode_with(self.session, texts, progress=progress)
+
+    def encode_with(
+        self, session: onnxruntime.InferenceSession, texts: Sequence[str], *, progress: bool = False
+    ) -> np.ndarray:
+        """`encode` through another session of the same model, tokenized and pooled alike."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -258,17 +337,17 @@ class OnnxEmbedder:
 
             batches = tqdm(batches, desc="embedding", unit="batch")
         for batch in batches:
-            out[batch] = self._embed([ids[i] for i in batch])
+            out[batch] = self._embed(session, [ids[i] for i in batch])
         return out
 
-    def _embed(self, ids: list[list[int]]) -> np.ndarray:
+    def _embed(self, session: onnxruntime.InferenceSession, ids: list[list[int]]) -> np.ndarray:
         width = max(len(i) for i in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for row, tokens in enumerate(ids):
             input_ids[row, : len(tokens)] = tokens
             mask[row, : len(tokens)] = 1
-        (tokens,) = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        (tokens,) = session.run(None, {"input_ids": input_ids, "attention_mask": mask})
         summed = np.einsum("btd,bt->bd", tokens, mask.astype(np.float32))
         pooled = summed / mask.sum(axis=1, keepdims=True)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

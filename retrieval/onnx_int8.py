@@ -1,4 +1,4 @@
-"""int8 quantization of an exported transformer encoder (ONNX), tuned on what MPNet needs.
+"""int8 quantization of an exported transformer encoder (ONNX): the candidate recipes.
 
 One int8 scale per activation tensor (onnxruntime's quantize_dynamic) loses too much: the <s>
 and </s> tokens carry activations 30-40x larger than the other tokens, so the shared scale
@@ -12,32 +12,71 @@ flattens everything else (mean cosine 0.73-0.88 to fp32 on real tweets). Two fix
 - The other weight MatMuls (attention output, feed-forward out, whose inputs have the largest
   outliers) become MatMulNBits: 8-bit weights in blocks of `block` input channels, int8 compute
   that quantizes activations per token and block too (accuracy_level 4); slower, but exact enough.
+
+Which recipe is right and fastest depends on the CPU (retrieval/cpu.py): u8 x s8 saturates 16-bit
+sums on x86 without VNNI, which 7-bit weights (`s7`) or u8 x u8 (`u8`) avoid. So a recipe is not
+chosen here but on the machine itself, by retrieval/onnx_recipes.py, among RECIPES.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
+Weights = Literal["s8", "s7", "u8"]
 
 
-def quantize_int8(src: Path, out: Path, feeds: Iterable[Feed], *, alpha: float = 0.5, block: int = 128) -> None:
-    """Write the int8 version of the fp32 model at `src` to `out`; `feeds` are calibration inputs."""
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantize: the MatMuls that read a LayerNormalization output (query, key, value,
+    feed-forward in) get per-token int8 with these weights; `rest` says what the others become."""
+
+    name: str
+    weights: Weights
+    """s8: u8 x s8 kernels; s7: s8 weights in 7 bits, so x86 without VNNI cannot saturate; u8: u8 x u8 kernels."""
+    rest: Literal["nbits", "fp32"] = "nbits"
+    """The other weight MatMuls: MatMulNBits 8-bit blockwise with int8 compute, or left in fp32."""
+
+
+RECIPES = (
+    Recipe("s8-nbits", "s8"),
+    Recipe("s7-fp32", "s7", rest="fp32"),
+    Recipe("u8-fp32", "u8", rest="fp32"),
+)
+"""The int8 candidates tried on every machine (the fp32 export itself is always the last resort):
+s8-nbits was fastest with VNNI; on AVX2 alone u8 x s8 saturates and MatMulNBits ran slower than
+fp32, so s7-fp32 and u8-fp32 keep the fast kernels only where they are exact enough. Others
+(all MatMuls per-token, MatMulNBits alone) were measured and dropped: docs/benchmarks.md."""
+
+
+def calibrate(src: Path, feeds: Iterable[Feed]) -> dict[str, np.ndarray]:
+    """Per-channel activation peaks of the tensors every recipe quantizes; measured once, shared."""
+    import onnx
+
+    return _activation_amax(src, list(_layernorm_matmuls(onnx.load(str(src)))), feeds)
+
+
+def quantize_int8(
+    src: Path, out: Path, amax: dict[str, np.ndarray], recipe: Recipe, *, alpha: float, block: int
+) -> None:
+    """Write the int8 version of the fp32 model at `src` to `out`; `amax` comes from `calibrate`."""
     import onnx
 
     model = onnx.load(str(src))
     groups = _layernorm_matmuls(model)
-    amax = _activation_amax(src, list(groups), feeds)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     for source, nodes in groups.items():
-        _per_token_int8(model.graph, source, nodes, amax[source], alpha, opset)
-    model = _blockwise_int8(model, block)
+        _per_token_int8(model.graph, source, nodes, amax[source], alpha, opset, recipe.weights)
+    if recipe.rest == "nbits":
+        model = _blockwise_int8(model, block)
     onnx.save(model, str(out))
 
 
@@ -71,7 +110,7 @@ def _activation_amax(src: Path, tensors: list[str], feeds: Iterable[Feed]) -> di
     return amax
 
 
-def _per_token_int8(graph, source: str, nodes: list, amax: np.ndarray, alpha: float, opset: int) -> None:
+def _per_token_int8(graph, source: str, nodes: list, amax: np.ndarray, alpha: float, opset: int, kind: Weights) -> None:
     """Replace `nodes` (MatMuls reading `source`) by one shared per-token u8 quantization of the
     smoothed input and one MatMulIntegerToFloat each."""
     from onnx import TensorProto, helper, numpy_helper
@@ -100,14 +139,22 @@ def _per_token_int8(graph, source: str, nodes: list, amax: np.ndarray, alpha: fl
         helper.make_node("Cast", [f"{p}/xo"], [f"{p}/xq"], to=TensorProto.UINT8),
     ]
     replaced = {}
+    top = 63 if kind == "s7" else 127
     for node, weight in zip(nodes, weights):
         smoothed = weight * smooth[:, None]
-        w_scale = np.maximum(np.abs(smoothed).max(axis=0) / 127, 1e-12).astype(np.float32)
-        constants[f"{node.name}/wq"] = np.round(smoothed / w_scale).clip(-127, 127).astype(np.int8)
+        w_scale = np.maximum(np.abs(smoothed).max(axis=0) / top, 1e-12).astype(np.float32)
+        wq = np.round(smoothed / w_scale).clip(-top, top)
+        inputs = [f"{p}/xq", f"{node.name}/wq", f"{p}/scale", f"{node.name}/w_scale", f"{p}/zero_point"]
+        if kind == "u8":
+            constants[f"{node.name}/wq"] = (wq + 128).astype(np.uint8)
+            constants[f"{node.name}/w_zero_point"] = np.full(wq.shape[1], 128, dtype=np.uint8)
+            inputs.append(f"{node.name}/w_zero_point")
+        else:
+            constants[f"{node.name}/wq"] = wq.astype(np.int8)
         constants[f"{node.name}/w_scale"] = w_scale
         replaced[node.name] = helper.make_node(
             "MatMulIntegerToFloat",
-            [f"{p}/xq", f"{node.name}/wq", f"{p}/scale", f"{node.name}/w_scale", f"{p}/zero_point"],
+            inputs,
             list(node.output),
             name=f"{node.name}/int8",
             domain="com.microsoft",
