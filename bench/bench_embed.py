@@ -25,8 +25,6 @@ import json
 import os
 import platform
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ from retrieval.cpu import cpu_features, cpu_model  # noqa: E402
 from retrieval.data import load_tweets  # noqa: E402
 from retrieval.embed import default_precision, model_path, text_embedder  # noqa: E402
 from retrieval.embed_cache import CachedEmbedder  # noqa: E402
-from retrieval.embed_onnx import (  # noqa: E402  # noqa: E402
+from retrieval.embed_onnx import (  # noqa: E402
     INT8_BLOCK,
     SMOOTHING_ALPHA,
     OnnxEmbedder,
@@ -48,32 +46,11 @@ from retrieval.embed_onnx import (  # noqa: E402  # noqa: E402
     onnx_path,
 )
 from retrieval.onnx_int8 import RECIPES, calibrate, quantize_int8  # noqa: E402
+from retrieval.onnx_recipes import Encode, take_turns  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 BARS = {"speedup": 3.0, "mean_cosine": 0.99, "neighbour_agreement": 0.95}
-
-Encode = Callable[[list[str]], np.ndarray]
-Timings = tuple[dict[str, np.ndarray], dict[str, float]]
-
-
-def timed(encoders: dict[str, Encode], texts: list[str], repeats: int, chunk: int) -> Timings:
-    """Vectors and texts/s of each encoder. The encoders take turns on chunks of the texts, so a
-    change in the machine's load hits all of them alike (the cores may be shared)."""
-    for encode in encoders.values():
-        encode(texts[:8])
-    seconds = dict.fromkeys(encoders, 0.0)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
-    for _ in range(repeats):
-        for name in encoders:
-            parts[name] = []
-        for start in range(0, len(texts), chunk):
-            for name, encode in encoders.items():
-                began = time.perf_counter()
-                parts[name].append(np.asarray(encode(texts[start : start + chunk]), dtype=np.float32))
-                seconds[name] += time.perf_counter() - began
-    vectors = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    return vectors, {name: repeats * len(texts) / seconds[name] for name in encoders}
 
 
 def agreement(reference: np.ndarray, other: np.ndarray, k: int = 10) -> float:
@@ -157,7 +134,7 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory()
     if args.recipes:
         encoders.update(recipe_encoders(ours, Path(scratch.name)))
-    vectors, rates = timed(encoders, texts, args.repeats, args.chunk)
+    vectors, rates = take_turns(encoders, texts, args.chunk, args.repeats)
     scratch.cleanup()
     reference, fast = vectors["reference"], vectors["project"]
     cosine = (reference * fast).sum(axis=1)
@@ -165,7 +142,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cached = CachedEmbedder(ours, ours.model_id, Path(folder))
         cached.encode(texts)
-        _, cached_rate = timed({"cached": cached.encode}, texts, 1, len(texts))
+        _, cached_rate = take_turns({"cached": cached.encode}, texts, len(texts))
 
     result = {
         **info,

@@ -24,22 +24,27 @@ KERNEL_FLAGS = (
 
 
 @cache
-def cpu_features() -> tuple[str, ...]:
-    """The machine's architecture and its kernel-relevant flags, read from /proc/cpuinfo (Linux);
-    elsewhere (macOS, Windows) the architecture and processor name stand for them."""
+def _cpuinfo() -> tuple[set[str], str]:
+    """Flags and model name from /proc/cpuinfo (Linux); elsewhere no flags and the processor name."""
     flags: set[str] = set()
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("flags", "features"):
-                flags.update(value.split())
-            elif key in ("model name", "cpu part") and not model:
-                model = value.strip()
-    else:
-        model = platform.processor()
+    if not cpuinfo.exists():
+        return flags, platform.processor()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags.update(value.split())
+        elif key in ("model name", "cpu part") and not model:
+            model = value.strip()
+    return flags, model
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The machine's architecture and its kernel-relevant flags; where no flags can be read
+    (macOS, Windows) the architecture and processor name stand for them."""
+    flags, model = _cpuinfo()
     found = tuple(f for f in KERNEL_FLAGS if f in flags)
     return (platform.machine().lower(), *found) if found or not model else (platform.machine().lower(), model)
 
@@ -57,9 +62,4 @@ def cpu_key() -> str:
 
 def cpu_model() -> str:
     """The CPU's model name, for benchmark records."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo()[1] or platform.machine()

@@ -244,14 +244,12 @@ class OnnxEmbedder:
         self.tokenizer.enable_truncation(limit)
         self.pad_id = _pad_id(self.tokenizer, self.spec.folder)
         self.tokenizer.no_padding()
-        fp32 = onnx_path(self.spec.folder, "fp32")
-        if isolate and not self._ready(fp32, onnx_path(self.spec.folder, "int8")):
+        fp32, int8 = onnx_path(self.spec.folder, "fp32"), onnx_path(self.spec.folder, "int8")
+        if isolate and not self._ready(fp32, int8):
             _prepare_in_child(name, precision, self.threads)
-        self.choice: Choice | None = None
-        if precision == "int8":
-            self.choice = self._choose(fp32, onnx_path(self.spec.folder, "int8"))
+        self.choice: Choice | None = self._choose(fp32, int8) if precision == "int8" else None
         self.recipe = self.choice.recipe if self.choice else FP32
-        path = fp32 if self.recipe == FP32 else onnx_path(self.spec.folder, "int8")
+        path = fp32 if self.recipe == FP32 else int8
         self.model_id = f"{name}-fp32-onnx{RECIPE}" if self.recipe == FP32 else f"{name}-int8-{self.recipe}-{cpu_key()}"
         self.session = self._load(path)
 
@@ -265,9 +263,9 @@ class OnnxEmbedder:
         """This CPU's recipe: read from its record, or chosen now (and again if its file is gone)."""
         choice = read_choice(target.with_suffix(".json"))
         if choice is None or (choice.recipe != FP32 and not target.exists()):
-            self._load(fp32)  # exported, and readable
             choice = choose_recipe(
                 fp32,
+                self._load(fp32),
                 target,
                 calibration_feeds(self.spec.folder),
                 CALIBRATION_TEXTS,

@@ -40,6 +40,8 @@ CHUNK = 32
 
 Session = Any  # onnxruntime.InferenceSession
 Embed = Callable[[Session, Sequence[str]], np.ndarray]
+Encode = Callable[[list[str]], np.ndarray]
+Timings = tuple[dict[str, np.ndarray], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -109,23 +111,28 @@ def measure(reference: np.ndarray, vectors: np.ndarray, recipe: str, rate: float
     return Check(recipe, **figures, texts_per_s=round(rate, 1), speedup=round(rate / fp32_rate, 2), passed=passed)
 
 
-def timed_round_robin(sessions: dict[str, Session], texts: list[str], embed: Embed) -> tuple[dict, dict]:
-    """Vectors and texts/s of each session; they take turns on chunks of texts, so a change in the
-    machine's load hits all of them alike."""
-    for session in sessions.values():
-        embed(session, texts[:4])
-    seconds = dict.fromkeys(sessions, 0.0)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
-    for start in range(0, len(texts), CHUNK):
-        for name, session in sessions.items():
-            began = time.perf_counter()
-            parts[name].append(embed(session, texts[start : start + CHUNK]))
-            seconds[name] += time.perf_counter() - began
-    return {n: np.concatenate(p) for n, p in parts.items()}, {n: len(texts) / s for n, s in seconds.items()}
+def take_turns(encoders: dict[str, Encode], texts: list[str], chunk: int, repeats: int = 1) -> Timings:
+    """Vectors and texts/s of each encoder. The encoders take turns on chunks of the texts, so a
+    change in the machine's load hits all of them alike (the cores may be shared)."""
+    for encode in encoders.values():
+        encode(texts[:8])
+    seconds = dict.fromkeys(encoders, 0.0)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    for _ in range(repeats):
+        for name in encoders:
+            parts[name] = []
+        for start in range(0, len(texts), chunk):
+            for name, encode in encoders.items():
+                began = time.perf_counter()
+                parts[name].append(np.asarray(encode(texts[start : start + chunk]), dtype=np.float32))
+                seconds[name] += time.perf_counter() - began
+    vectors = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return vectors, {name: repeats * len(texts) / seconds[name] for name in encoders}
 
 
 def choose_recipe(
     fp32: Path,
+    reference: Session,
     target: Path,
     feeds: list[Feed],
     texts: Sequence[str],
@@ -136,7 +143,8 @@ def choose_recipe(
     block: int,
 ) -> Choice:
     """Build every candidate next to `target`, keep the fastest that passes as `target` (or none,
-    when the fp32 export wins) and its record as `target` with a .json suffix; atomic."""
+    when the fp32 export, whose session is `reference`, wins) and its record as `target` with a
+    .json suffix; atomic."""
     texts = [*texts, *check_texts(200)]
     log.warning("choosing the int8 recipe for this CPU (once): %d candidates on %d texts", len(RECIPES), len(texts))
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -145,9 +153,10 @@ def choose_recipe(
         for recipe in RECIPES:
             paths[recipe.name] = Path(tmp) / f"{recipe.name}.onnx"
             quantize_int8(fp32, paths[recipe.name], amax, recipe, alpha=alpha, block=block)
-        sessions = {name: open_session(path) for name, path in paths.items()}
-        vectors, rates = timed_round_robin(sessions, list(texts), embed)
-        del sessions
+        sessions = {FP32: reference} | {name: open_session(paths[name]) for name in paths if name != FP32}
+        encoders = {name: (lambda t, s=session: embed(s, t)) for name, session in sessions.items()}
+        vectors, rates = take_turns(encoders, list(texts), CHUNK)
+        del sessions, encoders
         checks = [measure(vectors[FP32], vectors[n], n, rates[n], rates[FP32]) for n in paths]
         best = max((c for c in checks if c.passed), key=lambda c: c.texts_per_s)
         choice = Choice(best.recipe, cpu_key(), list(cpu_features()), checks, len(texts))
