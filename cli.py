@@ -35,10 +35,16 @@ DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A user or data error is one line on stderr and exit code 1, never a traceback."""
+    import duckdb
+
     try:
         yield
     except RetrievalError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # the library names the file where it can; this is the last resort
+        raise click.ClickException(f"{e.filename or 'error'}: {e.strerror or e}") from None
+    except duckdb.Error as e:
+        raise click.ClickException(f"database error: {str(e).strip().splitlines()[0]}") from None
 
 
 def _parse_bytes(text: str) -> float:
@@ -179,6 +185,15 @@ COLUMN_OPTION = click.option(
     metavar="FIELD=COLUMN",
     help="Map a field (id, text, username, company, date, likes, media) to a column of the file.",
 )
+ENCODING_OPTION = click.option(
+    "--encoding", default=None, help="Text encoding of a CSV file (default: UTF-8, else detected as cp1252/latin-1)."
+)
+NO_WAIT_OPTION = click.option(
+    "--no-wait", is_flag=True, help="Fail at once if another build or add is writing the index, instead of waiting."
+)
+CHECK_OPTION = click.option(
+    "--check", is_flag=True, help="Checksum every file of the index before answering (default: only changed files)."
+)
 MISSING_TEXT_OPTION = click.option(
     "--allow-missing-text",
     is_flag=True,
@@ -205,7 +220,9 @@ MISSING_TEXT_OPTION = click.option(
 @embed_options
 @media_options
 @COLUMN_OPTION
+@ENCODING_OPTION
 @MISSING_TEXT_OPTION
+@NO_WAIT_OPTION
 def index_build(
     source: Path,
     out: Path | None,
@@ -222,7 +239,9 @@ def index_build(
     images: Path | None,
     offline: bool,
     columns: tuple[str, ...],
+    encoding: str | None,
     allow_missing_text: bool,
+    no_wait: bool,
 ) -> None:
     """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx) or a folder of images.
 
@@ -234,19 +253,21 @@ def index_build(
     text = not no_text and not source.is_dir()
     with user_errors():
         clip = _clip_for(clip_checkpoint, clip_model)
-        if clip is None and (no_text or source.is_dir()):
+        if clip is None and no_text and not source.is_dir():
             raise RetrievalError("image vectors need a CLIP model: give --clip-checkpoint PATH (nothing is downloaded)")
         report = build_index(
             source,
             out,
             embedder=_embedder_for(model, batch_size, precision, not no_cache) if text else None,
             columns=_parse_columns(columns),
+            encoding=encoding,
             allow_missing_text=allow_missing_text,
             factory=factory,
             shards=shards,
             memory_budget=_parse_bytes(memory),
             images=_image_source(clip, images, offline),
             text=text,
+            wait=not no_wait,
         )
     m = report.manifest
     for name, section in (("text", m), ("image", m.get("image"))):
@@ -266,7 +287,9 @@ def index_build(
 @embed_options
 @media_options
 @COLUMN_OPTION
+@ENCODING_OPTION
 @MISSING_TEXT_OPTION
+@NO_WAIT_OPTION
 def index_add(
     source: Path,
     index_path: Path,
@@ -278,7 +301,9 @@ def index_add(
     images: Path | None,
     offline: bool,
     columns: tuple[str, ...],
+    encoding: str | None,
     allow_missing_text: bool,
+    no_wait: bool,
 ) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
     from retrieval.build import add_to_index
@@ -296,8 +321,10 @@ def index_add(
             if text_model
             else None,
             columns=_parse_columns(columns),
+            encoding=encoding,
             allow_missing_text=allow_missing_text,
             images=_image_source(clip, images, offline),
+            wait=not no_wait,
         )
     click.echo(report.summary())
 
@@ -314,7 +341,18 @@ def index_info(index_path: Path, as_json: bool) -> None:
     if as_json:
         _dump(info)
         return
-    keys = ("embedder", "factory", "metric", "nprobe", "recall_at_10", "bytes_per_vector", "next_id", "built_at")
+    keys = (
+        "version",
+        "embedder",
+        "factory",
+        "metric",
+        "nprobe",
+        "recall_at_10",
+        "bytes_per_vector",
+        "next_id",
+        "built_at",
+        "updated_at",
+    )
     for name, section in (("", info), ("image ", info.get("image"))):
         if not section:
             continue
@@ -413,6 +451,7 @@ def _cut(text: str, width: int) -> str:
     help="For TEXT: MPNet over tweet texts, or CLIP's text tower over tweet images.",
 )
 @clip_options
+@CHECK_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def similar(
     text: str | None,
@@ -429,6 +468,7 @@ def similar(
     space: str,
     clip_checkpoint: Path | None,
     clip_model: str | None,
+    check: bool,
     as_json: bool,
 ) -> None:
     """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
@@ -440,7 +480,7 @@ def similar(
     with user_errors():
         needs_clip = image_path is not None or space == "clip"
         clip = _clip_for(clip_checkpoint, clip_model, index_path) if needs_clip else None
-        searcher = Searcher.open(index_path, clip=clip)
+        searcher = Searcher.open(index_path, clip=clip, check=check)
         if image_path is not None:
             hits = searcher.similar_image(_load_image(image_path), k, filters=filters, nprobe=nprobe)
         elif tweet_id is not None:
@@ -544,6 +584,7 @@ PARAM_OPTION = click.option(
 @click.option("--image", "image_path", default=None, help="The tweet's image: its image neighbours join the text ones.")
 @clip_options
 @PARAM_OPTION
+@CHECK_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def predict(
     text: str,
@@ -556,6 +597,7 @@ def predict(
     clip_checkpoint: Path | None,
     clip_model: str | None,
     params: tuple[str, ...],
+    check: bool,
     as_json: bool,
 ) -> None:
     """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
@@ -569,7 +611,7 @@ def predict(
     with user_errors():
         if not text.strip():
             raise RetrievalError("the tweet text is empty")
-        reader = IndexReader(index_path)
+        reader = IndexReader(index_path, check=check)
         history = IndexHistory(reader)
         clip = _clip_for(clip_checkpoint, clip_model, index_path) if image_path is not None else None
         searcher = Searcher(reader, clip=clip)

@@ -20,6 +20,7 @@ from retrieval.data import TWEET_SCHEMA, LoadResult, Reject, load_tweets, write_
 from retrieval.embed import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
 from retrieval.embed_cache import CachedEmbedder
 from retrieval.errors import DataError, RetrievalError
+from retrieval.folder import writer
 from retrieval.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.reader import IndexReader
 from retrieval.store import ImageVectors
@@ -53,6 +54,7 @@ class BuildReport:
             line += f"; {self.metadata_only} metadata-only rows without text"
         if self.text:
             line += f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
+        line += f"; now version {self.manifest['version']}, {self.manifest['next_id']} rows"
         return line + (f"\n{self.image_summary()}" if self.images is not None else "")
 
     def image_summary(self) -> str:
@@ -192,6 +194,7 @@ def build_index(
     *,
     embedder: Embedder | None = None,
     columns: Mapping[str, str] | None = None,
+    encoding: str | None = None,
     allow_missing_text: bool = False,
     factory: str | None = None,
     shards: int = 1,
@@ -199,16 +202,22 @@ def build_index(
     progress: bool = True,
     images: ImageSource | None = None,
     text: bool = True,
+    wait: bool = True,
 ) -> BuildReport:
     """Build a new index at `out` from a tweet file (parquet, CSV, JSON Lines or xlsx) or a folder
-    of images; text vectors unless `text=False`, image vectors when `images` says how."""
-    source = Path(source)
+    of images; text vectors unless `text=False`, image vectors when `images` says how.
+
+    Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
+    writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
+    source, out = Path(source), Path(out)
     if source.is_dir():
+        if not images_in_folder(source):
+            raise DataError(f"{source}: a folder without images (.jpg, .png, .webp, .gif, ...); give a tweet file")
         if images is None:
             raise RetrievalError(f"{source}: a folder of images needs a CLIP model: give --clip-checkpoint PATH")
         loaded, text = load_image_folder(source), False
     else:
-        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
+        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
     if text:
         embedder = embedder or text_embedder("mpnet")
     vectors, has_vector = _embed(embedder if text else None, loaded.table, progress)
@@ -216,20 +225,35 @@ def build_index(
     if source.is_dir() and image_vectors is not None:
         loaded, image_vectors = _only_rows_with_images(loaded, image_vectors)
         has_vector = np.zeros(loaded.table.num_rows, bool)
-    manifest = store.build(
-        Path(out),
-        vectors,
-        loaded.table,
-        has_vector,
-        embedder=embedder_info(embedder) if text and embedder else {"name": None, "dim": 0},
-        factory=factory,
-        shards=shards,
-        memory_budget=memory_budget,
-        source=str(source),
-        images=image_vectors,
+    if loaded.table.num_rows == 0:
+        raise _nothing_to_index(loaded, out.parent / f"{out.name}.rejects.jsonl")
+    with writer(out, wait=wait):
+        manifest = store.build(
+            out,
+            vectors,
+            loaded.table,
+            has_vector,
+            embedder=embedder_info(embedder) if text and embedder else {"name": None, "dim": 0},
+            factory=factory,
+            shards=shards,
+            memory_budget=memory_budget,
+            source=str(source),
+            images=image_vectors,
+        )
+        used = embedder if text else None
+        return _report(loaded, loaded.table, has_vector, list(loaded.rejects), out, manifest, used, image_vectors)
+
+
+def _nothing_to_index(loaded: LoadResult, rejects_path: Path) -> DataError:
+    """Every row was rejected: say why for the first one and where the others are."""
+    if not loaded.rejects:
+        return DataError(f"{loaded.path}: no rows")
+    write_rejects(loaded.rejects, rejects_path)
+    first = loaded.rejects[0]
+    return DataError(
+        f"{loaded.path}: nothing to index: all {loaded.read} rows rejected "
+        f"(row {first.row}, {first.field}: {first.reason}, {first.value[:40]!r}; see {rejects_path})"
     )
-    used = embedder if text else None
-    return _report(loaded, loaded.table, has_vector, list(loaded.rejects), Path(out), manifest, used, image_vectors)
 
 
 def add_to_index(
@@ -238,19 +262,36 @@ def add_to_index(
     *,
     embedder: Embedder | None = None,
     columns: Mapping[str, str] | None = None,
+    encoding: str | None = None,
     allow_missing_text: bool = False,
     progress: bool = True,
     images: ImageSource | None = None,
+    wait: bool = True,
 ) -> BuildReport:
     """Append a file's tweets as a new shard; ids already in the index are rejected as duplicates.
 
     The index's vector sets are extended as it was built: text vectors when it has them, image
     vectors when it has them and `images` is given (else the new tweets are searchable by text only).
+    The writer lock is held from reading the index to publishing it, so concurrent adds queue
+    (or fail at once with `wait=False`) and none loses another's rows.
     """
     path = Path(path)
-    manifest = store.read_manifest(path)
+    with writer(path, wait=wait):
+        manifest = store.read_manifest(path)
+        text = bool(manifest["shards"])
+        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
+        return _add(loaded, path, manifest, embedder, progress, images)
+
+
+def _add(
+    loaded: LoadResult,
+    path: Path,
+    manifest: dict[str, Any],
+    embedder: Embedder | None,
+    progress: bool,
+    images: ImageSource | None,
+) -> BuildReport:
     text = bool(manifest["shards"])
-    loaded = load_tweets(source, columns, require_text=text and not allow_missing_text)
     table, rejects = _drop_known_ids(path, loaded)
     if text:
         embedder = embedder or embedder_for_index(manifest["embedder"])
@@ -261,7 +302,7 @@ def add_to_index(
         log.warning("%s has image vectors but no CLIP model was given: the new tweets' images are not embedded", path)
     vectors, has_vector = _embed(embedder if text else None, table, progress)
     image_vectors = embed_images(table, images, progress=progress) if images else None
-    manifest = store.add(path, vectors, table, has_vector, source=str(source), images=image_vectors)
+    manifest = store.add(path, vectors, table, has_vector, source=loaded.path, images=image_vectors)
     return _report(loaded, table, has_vector, rejects, path, manifest, embedder if text else None, image_vectors)
 
 

@@ -7,22 +7,25 @@ dropped silently; the caller decides whether to write them out.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import html
 import json
 import logging
 import math
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from retrieval.errors import DataError
@@ -75,13 +78,15 @@ class LoadResult:
 
 
 Batch = dict[str, list[Any]]  # column name -> its values for one batch of rows
+BAD = "\0bad"
+"""Batch key of rows a reader could not split into fields: (reason, raw text) or None per row."""
 
 _BATCH_ROWS = 10_000
 _MAX_VALUE_CHARS = 200
 _INT64_MAX = 2**63 - 1
 # What pyarrow, openpyxl and zipfile raise on corrupt input (XML ParseError is a SyntaxError).
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, SyntaxError)
-_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)  # tweets have line breaks inside quotes
+csv.field_size_limit(sys.maxsize)  # a tweet's text or media field may be megabytes
 # Media parsing is the largest per-row cost, so each pattern starts with a literal the
 # regex engine can jump to instead of trying every position of the long URLs.
 _URL_KEYS = ("previewUrl", "fullUrl", "thumbnailUrl")
@@ -113,50 +118,116 @@ def _chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
 # Each reader first yields an empty batch that names the file's columns, then the rows.
 
 
-def _read_parquet(path: Path) -> Iterator[Batch]:
+def _read_parquet(path: Path, encoding: str | None = None) -> Iterator[Batch]:
     with pq.ParquetFile(path) as file:
         yield {name: [] for name in file.schema_arrow.names}
         for batch in file.iter_batches(batch_size=_BATCH_ROWS):
             yield batch.to_pydict()
 
 
-def _read_csv(path: Path) -> Iterator[Batch]:
-    with pacsv.open_csv(path, parse_options=_CSV_PARSE) as probe:
-        names = probe.schema.names
-    yield {name: [] for name in names}
-    # All strings: types inferred from the first block would fail on a later "many" in likes.
-    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-    with pacsv.open_csv(path, parse_options=_CSV_PARSE, convert_options=convert) as reader:
-        for batch in reader:
-            yield batch.to_pydict()
+def _text_encoding(path: Path, encoding: str | None) -> str:
+    """UTF-8 unless the bytes say otherwise; then cp1252 (what Excel writes in the West), which
+    also reads latin-1 text, else latin-1, which reads anything. `encoding` overrides."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(_message(path, f"unknown encoding {encoding!r}")) from None
+        return encoding
+    candidates = ["utf-8-sig", "cp1252"]
+    with path.open("rb") as file:
+        decoders = [codecs.getincrementaldecoder(name)() for name in candidates]
+        while True:
+            chunk = file.read(2**20)
+            for i, decoder in enumerate(decoders):
+                try:
+                    if decoder is not None:
+                        decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError:
+                    decoders[i] = None
+            if not chunk:
+                break
+        chosen = next((name for name, d in zip(candidates, decoders) if d is not None), "latin-1")
+    if chosen != "utf-8-sig":
+        logger.warning("%s: not UTF-8; read as %s (give --encoding to choose another)", path, chosen)
+    return chosen
 
 
-def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
-    # Python's json, not pyarrow.json: pyarrow fails the whole file when a column mixes
-    # numbers and strings, which is exactly the bad row we want to reject on its own.
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+def _read_csv(path: Path, encoding: str | None = None) -> Iterator[Batch]:
+    """Python's csv reader, row by row: a row with the wrong number of fields is a reject with
+    its line number instead of the end of the file, and a field may be of any size."""
+    with path.open(encoding=_text_encoding(path, encoding), newline="") as file:
+        rows = csv.reader(file)
+        names = next(rows, [])
+        yield {name: [] for name in names}
+        records: list[list[str] | tuple[str, str]] = []
+        line = rows.line_num
+        while True:
+            try:
+                fields = next(rows, None)
+            except csv.Error as e:
+                records.append((f"malformed CSV row at line {line + 1} ({e})", ""))
+                line = rows.line_num
+                continue
+            if fields is None:
+                break
+            if fields and len(fields) != len(names):
+                problem = f"malformed CSV row at line {line + 1}: {len(fields)} fields, the header has {len(names)}"
+                records.append((problem, ",".join(fields)))
+            elif fields:
+                records.append(fields)
+            line = rows.line_num
+            if len(records) == _BATCH_ROWS:
+                yield _records_batch(names, records)
+                records = []
+        if records:
+            yield _records_batch(names, records)
+
+
+def _records_batch(names: list[str], records: list[list[Any] | tuple[str, str]]) -> Batch:
+    """Columns of the good records, None where a record is bad, and BAD saying why."""
+    good = [r if isinstance(r, list) else None for r in records]
+    batch: Batch = {name: [r[i] if r is not None else None for r in good] for i, name in enumerate(names)}
+    batch[BAD] = [None if isinstance(r, list) else r for r in records]
+    return batch
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any] | tuple[str, str]]:
+    """One object per non-blank line, or (why, raw line) for a line that is not one.
+
+    Python's json, not pyarrow.json: pyarrow fails the whole file when a column mixes numbers
+    and strings, which is exactly the bad row we want to reject on its own."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield (f"line {number} is not UTF-8", raw.decode("utf-8", "replace"))
+                continue
             except json.JSONDecodeError as exc:
-                raise DataError(_message(path, f"line {number} is not valid JSON ({exc.msg})")) from exc
+                yield (f"line {number} is not valid JSON ({exc.msg})", raw.decode("utf-8", "replace"))
+                continue
             if not isinstance(record, dict):
-                raise DataError(_message(path, f"line {number} is not a JSON object"))
+                yield (f"line {number} is not a JSON object", raw.decode("utf-8", "replace"))
+                continue
             yield record
 
 
-def _read_jsonl(path: Path) -> Iterator[Batch]:
+def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[Batch]:
     names: dict[str, None] = {}  # two passes: a key may first appear on any line
     for record in _jsonl_records(path):
-        names.update(dict.fromkeys(record))
+        if isinstance(record, dict):
+            names.update(dict.fromkeys(record))
     yield {name: [] for name in names}
     for chunk in _chunks(_jsonl_records(path)):
-        yield {name: [record.get(name) for record in chunk] for name in names}
+        batch: Batch = {name: [r.get(name) if isinstance(r, dict) else None for r in chunk] for name in names}
+        batch[BAD] = [None if isinstance(r, dict) else r for r in chunk]
+        yield batch
 
 
-def _read_xlsx(path: Path) -> Iterator[Batch]:
+def _read_xlsx(path: Path, encoding: str | None = None) -> Iterator[Batch]:
     import openpyxl  # only xlsx needs it, so other formats do not pay for the import
 
     book = openpyxl.load_workbook(path, read_only=True, data_only=True)
@@ -171,7 +242,7 @@ def _read_xlsx(path: Path) -> Iterator[Batch]:
         book.close()
 
 
-_READERS: dict[str, Callable[[Path], Iterator[Batch]]] = {
+_READERS: dict[str, Callable[[Path, str | None], Iterator[Batch]]] = {
     ".parquet": _read_parquet,
     ".csv": _read_csv,
     ".jsonl": _read_jsonl,
@@ -208,10 +279,31 @@ def _clean_str(value: Any) -> str | None:
     return None if value is None else str(value).strip() or None
 
 
-def _to_datetime(value: Any) -> datetime | None:
-    """Naive UTC or None, else ValueError; aware values are converted so all dates compare."""
+_EPOCH_UNITS = ((1e11, "seconds", 1.0), (1e14, "milliseconds", 1e3), (1e17, "microseconds", 1e6))
+
+
+def _from_epoch(value: float, units: set[str]) -> datetime:
+    """A Unix time in the unit its size implies (seconds up to the year 5138, then ms, us, ns):
+    files from other tools store dates as int64 epochs in any of the four."""
+    unit, per_second = next(((u, p) for limit, u, p in _EPOCH_UNITS if abs(value) < limit), ("nanoseconds", 1e9))
+    units.add(unit)
+    try:
+        return datetime.fromtimestamp(value / per_second, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"epoch out of range: {value!r}") from None
+
+
+def _to_datetime(value: Any, units: set[str]) -> datetime | None:
+    """Naive UTC or None, else ValueError; aware values are converted so all dates compare.
+    Numbers (and strings of digits) are Unix epochs; the unit each was read in goes into `units`."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None if math.isnan(value) else _from_epoch(value, units)
+        return _from_epoch(value, units)
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip())  # ISO 8601, "YYYY-MM-DD HH:MM:SS", "Z", offsets
     elif not isinstance(value, datetime):
@@ -221,8 +313,9 @@ def _to_datetime(value: Any) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _to_int(value: Any, field: str) -> int | None:
-    """A whole number (12.0 from CSV/xlsx included) or None when missing, else ValueError(reason)."""
+def _to_int(value: Any, field: str, nan_missing: bool = True) -> int | None:
+    """A whole number (12.0 from CSV/xlsx included) or None when missing, else ValueError(reason).
+    NaN is missing where pandas writes it for a missing value (ids), else a reject (likes)."""
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -232,6 +325,8 @@ def _to_int(value: Any, field: str) -> int | None:
                 value = float(text)
             except ValueError:
                 raise ValueError(f"non-numeric {field}") from None
+    if isinstance(value, float) and math.isnan(value) and not nan_missing:
+        raise ValueError(f"NaN {field}")
     if isinstance(value, float) and not math.isnan(value):
         if not value.is_integer():
             raise ValueError(f"non-integer {field}" if math.isfinite(value) else f"non-numeric {field}")
@@ -302,18 +397,18 @@ def _clean_row(
     company: Any,
     media: Any,
     require_text: bool,
-    seen_ids: set[int],
+    seen: _Seen,
 ) -> tuple[Any, ...]:
     """Check text, date, likes, then id; an id counts as seen only once its row is kept."""
     text = None if raw_text is None else html.unescape(str(raw_text)).strip() or None
     if text is None and require_text:
         raise _Rejected("text", "empty text", raw_text)
     try:
-        when = _to_datetime(raw_date)
+        when = _to_datetime(raw_date, seen.epoch_units)
     except ValueError:
         raise _Rejected("date", "unparseable date", raw_date) from None
     try:
-        likes = _to_int(raw_likes, "likes")
+        likes = _to_int(raw_likes, "likes", nan_missing=False)
     except ValueError as exc:
         raise _Rejected("likes", str(exc), raw_likes) from None
     if likes is not None and likes < 0:
@@ -325,26 +420,37 @@ def _clean_row(
     except ValueError:
         raise _Rejected("id", "non-integer id", raw_id) from None
     if tweet_id is not None:
-        if tweet_id in seen_ids:
+        if tweet_id in seen.ids:
             raise _Rejected("id", f"duplicate id {tweet_id}", raw_id)
-        seen_ids.add(tweet_id)
+        seen.ids.add(tweet_id)
     media_json = _JSON(parse_media(media)) if isinstance(media, str) else "[]"
     return (tweet_id, when, _clean_str(user), _clean_str(company), likes, text, media_json)
 
 
-def _convert(
-    batch: Batch, fields: dict[str, str], first_row: int, require_text: bool, seen_ids: set[int], rejects: list[Reject]
-) -> pa.RecordBatch:
+@dataclass
+class _Seen:
+    """What loading one file accumulates across its batches."""
+
+    ids: set[int] = dataclass_field(default_factory=set)
+    rejects: list[Reject] = dataclass_field(default_factory=list)
+    epoch_units: set[str] = dataclass_field(default_factory=set)
+
+
+def _convert(batch: Batch, fields: dict[str, str], first_row: int, require_text: bool, seen: _Seen) -> pa.RecordBatch:
     """Clean one batch with a plain loop per row: simple, and fast enough for 300k rows."""
     absent: list[Any] = [None] * len(next(iter(batch.values())))
     columns = [batch[fields[field]] if field in fields else absent for field in _ROW_FIELDS]
+    unsplit = batch.get(BAD, absent)
     out: list[list[Any]] = [[] for _ in TWEET_SCHEMA]
-    for row, values in enumerate(zip(*columns, strict=True), first_row):
+    for row, values, bad_row in zip(range(first_row, first_row + len(absent)), zip(*columns, strict=True), unsplit):
         try:
-            kept = (row, *_clean_row(*values, require_text, seen_ids))
+            if bad_row is not None:
+                raise _Rejected("row", *bad_row)
+            kept = (row, *_clean_row(*values, require_text, seen))
         except _Rejected as bad:
-            field, reason, value = bad.args
-            rejects.append(Reject(row, field, reason, "" if value is None else str(value)[:_MAX_VALUE_CHARS]))
+            field_name, reason, value = bad.args
+            value = "" if value is None else str(value)[:_MAX_VALUE_CHARS]
+            seen.rejects.append(Reject(row, field_name, reason, value))
             continue
         for column, value in zip(out, kept, strict=True):
             column.append(value)
@@ -352,12 +458,19 @@ def _convert(
     return pa.RecordBatch.from_arrays(arrays, schema=TWEET_SCHEMA)
 
 
-def load_tweets(path: str | Path, columns: Mapping[str, str] | None = None, *, require_text: bool = True) -> LoadResult:
+def load_tweets(
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    *,
+    require_text: bool = True,
+    encoding: str | None = None,
+) -> LoadResult:
     """Load one file into a TWEET_SCHEMA table, batch by batch, returning rejects beside it.
 
     `columns` maps our field names to the file's columns where the defaults do not fit.
     With require_text=False, rows without text are kept (likes-only metadata) and the
-    likes column is required instead of the text column.
+    likes column is required instead of the text column. `encoding` is for CSV files that
+    are not UTF-8 (detected when not given).
     """
     source = Path(path)
     if not source.is_file():
@@ -365,9 +478,8 @@ def load_tweets(path: str | Path, columns: Mapping[str, str] | None = None, *, r
     reader = _READERS.get(source.suffix.lower())
     if reader is None:
         raise DataError(_message(source, f"unsupported file type {source.suffix!r}; use one of {', '.join(_READERS)}"))
-    batches = reader(source)
-    seen_ids: set[int] = set()
-    rejects: list[Reject] = []
+    batches = reader(source, encoding)
+    seen = _Seen()
     kept: list[pa.RecordBatch] = []
     read = 0
     try:
@@ -379,19 +491,29 @@ def load_tweets(path: str | Path, columns: Mapping[str, str] | None = None, *, r
                 batch = next(batches, None)
             if batch is None:
                 break
-            kept.append(_convert(batch, fields, read + 1, require_text, seen_ids, rejects))
+            kept.append(_convert(batch, fields, read + 1, require_text, seen))
             read += len(next(iter(batch.values())))
     finally:
         batches.close()
     table = pa.Table.from_batches(kept, schema=TWEET_SCHEMA)
-    logger.info("%s: kept %d of %d rows (%d rejected)", source, table.num_rows, read, len(rejects))
-    return LoadResult(path=str(source), table=table, read=read, rejects=rejects)
+    if seen.epoch_units:
+        units = " and ".join(sorted(seen.epoch_units))
+        logger.warning("%s: dates are numbers, read as Unix time in %s (UTC)", source, units)
+    logger.info("%s: kept %d of %d rows (%d rejected)", source, table.num_rows, read, len(seen.rejects))
+    return LoadResult(path=str(source), table=table, read=read, rejects=seen.rejects)
 
 
 def write_rejects(rejects: Sequence[Reject], path: str | Path) -> None:
     """Write rejects as JSON Lines so a person can grep them and fix the source file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as out:
-        for reject in rejects:
-            out.write(json.dumps(asdict(reject), ensure_ascii=False) + "\n")
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            for reject in rejects:
+                out.write(json.dumps(asdict(reject), ensure_ascii=False) + "\n")
+        tmp.replace(target)
+    except OSError as e:
+        raise DataError(_message(target, f"cannot write the rejects ({e.strerror or e})")) from None
+    finally:
+        tmp.unlink(missing_ok=True)

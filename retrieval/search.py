@@ -58,8 +58,15 @@ class Searcher:
         self.clip = clip
 
     @classmethod
-    def open(cls, path: str | Path, embedder: Embedder | None = None, *, clip: ClipEmbedder | None = None) -> Searcher:
-        return cls(IndexReader(path), embedder, clip=clip)
+    def open(
+        cls,
+        path: str | Path,
+        embedder: Embedder | None = None,
+        *,
+        clip: ClipEmbedder | None = None,
+        check: bool = False,
+    ) -> Searcher:
+        return cls(IndexReader(path, check=check), embedder, clip=clip)
 
     @property
     def embedder(self) -> Embedder:

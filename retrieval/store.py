@@ -8,15 +8,13 @@ renames it into place, so a killed build leaves the old index or none, never a b
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,12 @@ import pyarrow as pa
 
 from retrieval import index as fx
 from retrieval.errors import IndexCorrupt, IndexNotFound, RetrievalError
+from retrieval.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the manifest has a version, a checksum of itself and every file's size, mtime and sha256."""
 EVAL_QUERIES = 1000
 TRUTH_K = 10
 IMAGE_PREFIX = "image/"
@@ -79,31 +79,6 @@ COLUMNS = (
 SELECT_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 
-def sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-@contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `out`, on failure it vanishes."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class ImageVectors:
     """Vectors of a table's images, one row per embedded image, with the table row it belongs to.
@@ -128,8 +103,16 @@ class ImageVectors:
 def _write_shard(folder: Path, prefix: str, number: int, shard: faiss.Index, first_id: int) -> dict[str, Any]:
     name = f"{prefix}shards/{number:04d}.faiss"
     (folder / prefix / "shards").mkdir(parents=True, exist_ok=True)
-    faiss.write_index(shard, str(folder / name))
+    _write_faiss(shard, folder / name)
     return {"file": name, "first_id": first_id, "rows": int(shard.ntotal), "sha256": sha256(folder / name)}
+
+
+def _write_faiss(index: faiss.Index, file: Path) -> None:
+    """faiss reports a failed write (a full disk) as RuntimeError; make it the OSError it is."""
+    try:
+        faiss.write_index(index, str(file))
+    except RuntimeError as e:
+        raise OSError(errno.EIO, f"faiss could not write it: {str(e).strip().splitlines()[-1]}", str(file)) from None
 
 
 def _write_table(
@@ -221,7 +204,7 @@ def _new_set(
     queries, truth = _eval_truth(vectors)
     nprobe, recall = fx.tune_nprobe(built, queries, truth[1])
     (root / prefix).mkdir(parents=True, exist_ok=True)
-    faiss.write_index(trained, str(root / prefix / "trained.faiss"))
+    _write_faiss(trained, root / prefix / "trained.faiss")
     _save_eval(root / prefix, queries, truth)
     return {
         "factory": factory,
@@ -273,9 +256,16 @@ def build(
     if len(vectors) == 0 and (images is None or len(images.vectors) == 0):
         raise RetrievalError("nothing to index: no rows with text" + (" and no usable images" if images else ""))
     table, has_vector, where = _order_vectors_first(table, has_vector)
+    version = _current_version(Path(out)) + 1
     with atomic_folder(out) as tmp:
         text = _new_set(tmp, "", vectors, factory=factory, shards=shards, memory_budget=memory_budget)
-        manifest = {"format_version": FORMAT_VERSION, "embedder": embedder, "metric": "inner_product", **text}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "embedder": embedder,
+            "metric": "inner_product",
+            **text,
+        }
         _write_table(tmp, table, has_vector, 0, source, fresh=True)
         if images is not None:
             image = _new_set(
@@ -305,6 +295,8 @@ def add(
 ) -> dict[str, Any]:
     """Append rows as one new shard per vector set, cloned from the trained empty index: no retraining."""
     manifest = read_manifest(path)
+    if problems := damaged_files(Path(path), manifest["files"], full=False):
+        raise IndexCorrupt(f"{path}: damaged ({problems[0]}); nothing was added. Run `index verify`, then rebuild")
     if images is not None and len(images.vectors) and "image" not in manifest:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP checkpoint")
     table, has_vector, where = _order_vectors_first(table, has_vector)
@@ -327,6 +319,7 @@ def add(
             section["next_pos"] = first_pos + len(images.vectors)
             _write_image_rows(tmp, first_pos, images, where + first_id)
         manifest["next_id"] = first_id + table.num_rows
+        manifest["version"] += 1
         manifest["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         _write_manifest(tmp, manifest)
     return manifest
@@ -341,13 +334,30 @@ def _link_copy(path: Path, tmp: Path) -> None:
         elif item.parent.name == "shards":
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(item, target)
-        else:
+        elif item.name not in UNLISTED:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(item, target)
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Last step of a write: list every file with its checksum, then checksum the manifest itself."""
+    manifest["files"] = file_entries(folder, manifest.get("files"))
+    manifest.pop("manifest_sha256", None)
+    manifest["manifest_sha256"] = _self_checksum(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _self_checksum(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _current_version(path: Path) -> int:
+    """The version of the index a build replaces (0 when none, or when it cannot be read)."""
+    try:
+        return int(read_manifest(path)["version"])
+    except RetrievalError:
+        return 0
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -356,11 +366,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise IndexNotFound(f"{path}: not an index (no manifest.json); build one with `index build`")
     try:
         manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise IndexCorrupt(f"{file}: invalid JSON ({e})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexCorrupt(f"{file}: format version {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexCorrupt(f"{file}: damaged, not valid JSON ({e}); rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise IndexCorrupt(f"{file}: format version {found}, this version reads {FORMAT_VERSION}; rebuild the index")
+    if manifest.get("manifest_sha256") != _self_checksum(manifest):
+        raise IndexCorrupt(f"{file}: damaged (its checksum differs from its content); rebuild the index")
     return manifest
+
+
+def check(path: Path, manifest: dict[str, Any], *, full: bool = False) -> None:
+    """Raise IndexCorrupt, in one line, when a file of the index differs from its manifest."""
+    if problems := damaged_files(Path(path), manifest["files"], full=full):
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise IndexCorrupt(f"{path}: damaged: {problems[0]}{more}; run `index verify --index {path}`")
 
 
 def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[fx.Shard]:
@@ -372,39 +392,67 @@ def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[
         if not file.exists():
             raise IndexCorrupt(f"{file}: shard file missing")
         try:
-            index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
-        except RuntimeError:
-            index = faiss.read_index(str(file))
+            try:
+                index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+            except RuntimeError:
+                index = faiss.read_index(str(file))
+        except RuntimeError as e:
+            raise IndexCorrupt(f"{file}: faiss cannot read it ({str(e).strip().splitlines()[-1]})") from None
         shards.append(fx.Shard(index, int(entry["first_id"])))
     return shards
 
 
 def verify(path: Path) -> list[str]:
-    """Problems found (empty when sound): checksums, row counts, and a row for every FAISS id."""
+    """Problems found (empty when sound): every file's checksum, meta.duckdb readable end to end
+    with the rows and ids the manifest promises, and a row for every FAISS id."""
+    path = Path(path)
     manifest = read_manifest(path)
-    problems: list[str] = []
-    with duckdb.connect(str(Path(path) / "meta.duckdb"), read_only=True) as con:
-        text_rows = "SELECT count(*) FROM tweets WHERE has_vector AND vec_id >= ? AND vec_id < ?"
-        problems += _verify_set(path, manifest, con, text_rows, "SELECT count(*) FROM tweets WHERE has_vector")
-        if "image" in manifest:
-            image_rows = "SELECT count(*) FROM image_vectors i JOIN tweets t USING (vec_id) WHERE pos >= ? AND pos < ?"
-            problems += _verify_set(path, manifest["image"], con, image_rows, "SELECT count(*) FROM image_vectors")
+    problems = damaged_files(path, manifest["files"], full=True)
+    damaged = {p.split(":")[0] for p in problems}
+    try:
+        with duckdb.connect(str(path / "meta.duckdb"), read_only=True) as con:
+            problems += _verify_table(con, int(manifest["next_id"]))
+            text_rows = "SELECT count(*) FROM tweets WHERE has_vector AND vec_id >= ? AND vec_id < ?"
+            problems += _verify_set(
+                path, manifest, con, text_rows, "SELECT count(*) FROM tweets WHERE has_vector", damaged
+            )
+            if "image" in manifest:
+                image_rows = (
+                    "SELECT count(*) FROM image_vectors i JOIN tweets t USING (vec_id) WHERE pos >= ? AND pos < ?"
+                )
+                total = "SELECT count(*) FROM image_vectors"
+                problems += _verify_set(path, manifest["image"], con, image_rows, total, damaged)
+    except duckdb.Error as e:
+        problems.append(f"meta.duckdb: cannot be read ({str(e).strip().splitlines()[0]})")
     return problems
 
 
+def _verify_table(con: duckdb.DuckDBPyConnection, next_id: int) -> list[str]:
+    """The ids the shards and the manifest count on: 0..next_id-1, each once (the file's bytes
+    are already checked against the manifest's sha256)."""
+    rows, low, high, distinct = con.execute(
+        "SELECT count(*), min(vec_id), max(vec_id), count(DISTINCT vec_id) FROM tweets"
+    ).fetchone()
+    if rows != next_id or distinct != rows or (rows and (low != 0 or high != next_id - 1)):
+        wanted = f"{next_id} rows with ids 0..{next_id - 1}"
+        return [f"meta.duckdb: {rows} rows with ids {low}..{high}, the manifest says {wanted}"]
+    return []
+
+
 def _verify_set(
-    path: Path, section: dict[str, Any], con: duckdb.DuckDBPyConnection, in_range: str, total: str
+    path: Path,
+    section: dict[str, Any],
+    con: duckdb.DuckDBPyConnection,
+    in_range: str,
+    total: str,
+    damaged: set[str],
 ) -> list[str]:
-    """Checksums and counts of one vector set; `in_range` counts the rows a shard's ids must have."""
+    """Counts of one vector set; `in_range` counts the rows a shard's ids must have."""
     problems = []
     for entry in section["shards"]:
-        file = Path(path) / entry["file"]
-        if not file.exists():
-            problems.append(f"{entry['file']}: missing")
+        if entry["file"] in damaged:
             continue
-        if sha256(file) != entry["sha256"]:
-            problems.append(f"{entry['file']}: checksum differs from the manifest")
-            continue
+        file = path / entry["file"]
         ntotal = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY).ntotal
         first = entry["first_id"]
         if ntotal != entry["rows"]:

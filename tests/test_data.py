@@ -248,11 +248,6 @@ def write_multiline_header(path: Path) -> Path:
     return path
 
 
-def write_bad_json_line(path: Path) -> Path:
-    path.write_text('{"content": "fine"}\n{"content": \n', encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize(
     ("name", "make", "words"),
     [
@@ -262,7 +257,6 @@ def write_bad_json_line(path: Path) -> Path:
         ("corrupt.xlsx", write_random_bytes, "cannot read file"),
         ("notext.parquet", write_without_text, "no text column"),
         ("multiline.csv", write_multiline_header, "no text column"),
-        ("broken.jsonl", write_bad_json_line, "line 2 is not valid JSON"),
     ],
 )
 def test_unreadable_inputs_raise_one_line_data_errors(name: str, make: Any, words: str, tmp_path: Path) -> None:
@@ -342,3 +336,87 @@ def test_write_rejects_writes_json_lines(tmp_path: Path) -> None:
         {"row": 3, "field": "text", "reason": "empty text", "value": ""},
         {"row": 9, "field": "likes", "reason": "non-numeric likes", "value": "beaucoup café"},
     ]
+
+
+def _csv_lines(real_rows: list[dict[str, Any]], n: int) -> list[str]:
+    """n real tweets as CSV lines (quoted, line breaks inside quotes kept), header first."""
+    rows = [real_rows[i % len(real_rows)] for i in range(n)]
+    lines = ["id,content,likes"]
+    for i, row in enumerate(rows, 1):
+        text = (row["content"] or "x").replace('"', '""')
+        lines.append(f'{i},"{text}",{i % 7}')
+    return lines
+
+
+def test_one_malformed_csv_row_costs_one_row(real_rows: list[dict[str, Any]], tmp_path: Path) -> None:
+    lines = _csv_lines(real_rows, 1000)
+    lines[501] = "501,too,many,fields"  # data row 501, on a line of its own after any multi-line tweets
+    path = tmp_path / "one_bad.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = load_tweets(path)
+    assert result.read == 1000 and result.table.num_rows == 999
+    (reject,) = result.rejects
+    line = 1 + "\n".join(lines[:501]).count("\n") + 1
+    assert (reject.row, reject.field, reject.value) == (501, "row", "501,too,many,fields")
+    assert reject.reason == f"malformed CSV row at line {line}: 4 fields, the header has 3"
+    assert 501 not in result.table["row"].to_pylist() and result.table["row"].to_pylist()[-1] == 1000
+
+
+def test_a_bad_json_line_costs_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(b'{"content": "fine"}\n{"content": \n\n[1, 2]\n{"content": "caf\xe9"}\n{"content": "also fine"}\n')
+    result = load_tweets(path)
+    assert result.table["content"].to_pylist() == ["fine", "also fine"]
+    assert [(r.row, r.field, r.reason) for r in result.rejects] == [
+        (2, "row", "line 2 is not valid JSON (Expecting value)"),
+        (3, "row", "line 4 is not a JSON object"),
+        (4, "row", "line 5 is not UTF-8"),
+    ]
+
+
+def test_a_ten_megabyte_csv_field_loads(tmp_path: Path) -> None:
+    big = "word " * 2_000_000
+    path = tmp_path / "big.csv"
+    path.write_text(f'id,content\n1,"{big}"\n2,small\n', encoding="utf-8")
+    result = load_tweets(path)
+    assert result.table["tweet_id"].to_pylist() == [1, 2] and len(result.table["content"][0].as_py()) > 9_000_000
+
+
+def test_a_latin1_csv_is_detected_or_taken_with_encoding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("id,content\n1,caf\xe9 cr\xe8me\n2,na\xefve\n".encode("latin-1"))
+    result = load_tweets(path)
+    assert result.table["content"].to_pylist() == ["café crème", "naïve"]
+    assert "not UTF-8; read as cp1252" in caplog.text
+    assert load_tweets(path, encoding="latin-1").table["content"].to_pylist() == ["café crème", "naïve"]
+    with pytest.raises(DataError, match="unknown encoding 'klingon'"):
+        load_tweets(path, encoding="klingon")
+
+
+def test_epoch_dates_nan_likes_and_string_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    when = datetime(2021, 3, 4, 5, 6, 7)
+    epoch_ms = int((when - datetime(1970, 1, 1)).total_seconds() * 1000)
+    path = tmp_path / "other_tool.parquet"
+    table = pa.table(
+        {
+            "id": ["10", "11", "12"],
+            "content": ["a", "b", "c"],
+            "date": pa.array([epoch_ms, epoch_ms + 1000, None], pa.int64()),
+            "likes": pa.array([3.0, float("nan"), None], pa.float64()),
+        }
+    )
+    pq.write_table(table, path)
+    result = load_tweets(path)
+    assert result.table["tweet_id"].to_pylist() == [10, 12]
+    assert result.table["date"].to_pylist() == [when, None]
+    assert result.table["likes"].to_pylist() == [3, None]
+    assert result.rejects == [Reject(2, "likes", "NaN likes", "nan")]
+    assert "read as Unix time in milliseconds" in caplog.text
+
+
+def test_nan_likes_in_a_csv_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "nan.csv"
+    path.write_text("id,content,likes,date\n1,a,NaN,1614834367\n2,b,,2021-03-04\n", encoding="utf-8")
+    result = load_tweets(path)
+    assert result.rejects == [Reject(1, "likes", "NaN likes", "NaN")]
+    assert result.table["date"].to_pylist() == [datetime(2021, 3, 4)]

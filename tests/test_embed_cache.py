@@ -57,3 +57,70 @@ def test_rebuild_takes_every_vector_from_the_cache(sample_parquet: Path, tmp_pat
     assert "read 600, indexed 600, rejected 0; 600 of 600 vectors from the embedding cache" in second.stdout
     info = runner.invoke(cli, ["cache", "info", "--json"])
     assert '"model_id": "minilm-fp32"' in info.stdout
+
+
+def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
+    """Two builds embedding at once: neither waits for nor breaks the other, and the cache
+    ends with every text of both (the failure this replaced: a DuckDB lock after all the work)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys, hashlib
+import numpy as np
+from pathlib import Path
+from retrieval import embed_cache
+embed_cache.STORE_EVERY = 7
+class Fake:
+    name, dim = "fake", 4
+    def encode(self, texts, *, progress=False):
+        return np.array([np.frombuffer(hashlib.sha1(t.encode()).digest()[:4], np.uint8) for t in texts], np.float32)
+start = int(sys.argv[2])
+cached = embed_cache.CachedEmbedder(Fake(), "fake", Path(sys.argv[1]))
+cached.encode([f"text {i}" for i in range(start, start + 300)])
+print(cached.misses)
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(start)], env=env, stdout=subprocess.PIPE)
+        for start in (0, 150)
+    ]
+    for p in procs:
+        p.communicate(timeout=120)
+    assert [p.returncode for p in procs] == [0, 0]
+    (entry,) = cache_info(tmp_path)
+    assert entry["vectors"] == 450
+
+
+def test_small_segments_are_merged_and_still_found(tmp_path: Path, monkeypatch) -> None:
+    from retrieval import embed_cache
+
+    monkeypatch.setattr(embed_cache, "STORE_EVERY", 2)
+    monkeypatch.setattr(embed_cache, "COMPACT_AT", 4)
+    inner = CountingEmbedder()
+    texts = [f"tweet {i}" for i in range(11)]
+    first = CachedEmbedder(inner, "counting-fp32", tmp_path).encode(texts)
+    (entry,) = cache_info(tmp_path)
+    assert entry["segments"] == 1 and entry["vectors"] == 11, "six segments of two were merged into one"
+    again = CachedEmbedder(inner, "counting-fp32", tmp_path)
+    np.testing.assert_array_equal(again.encode(texts), first)
+    assert again.hits == 11 and len(inner.seen) == 11
+
+
+def test_an_old_single_file_cache_is_moved_into_segments(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow as pa
+
+    from retrieval.embed_cache import text_key
+
+    vector = np.arange(8, dtype=np.float32)
+    with duckdb.connect(str(tmp_path / "counting-fp32.duckdb")) as con:
+        con.execute("CREATE TABLE vectors (key BLOB PRIMARY KEY, vec FLOAT[8])")
+        con.register("rows", pa.table({"key": [text_key("old text")], "vec": [vector.tolist()]}))
+        con.execute("INSERT INTO vectors SELECT key, vec::FLOAT[8] FROM rows")
+    inner = CountingEmbedder()
+    cached = CachedEmbedder(inner, "counting-fp32", tmp_path)
+    np.testing.assert_array_equal(cached.encode(["old text"])[0], vector)
+    assert inner.seen == [] and not (tmp_path / "counting-fp32.duckdb").exists()

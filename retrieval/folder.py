@@ -1,0 +1,162 @@
+"""How an index folder changes on disk: one writer at a time, published whole, checked when read.
+
+A writer holds an advisory lock beside the folder (`.<name>.lock`, beside rather than inside,
+because the folder itself is replaced) for its whole read-modify-publish, builds the new
+version in a temporary sibling and renames it into place. Readers take no lock: they see the
+old version or the new one. The manifest lists every file with its size, modification time
+and sha256, so a reader can tell cheaply (by `stat`) whether anything changed since the
+publish, and hashes only what did; `index verify` hashes everything.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from filelock import FileLock, Timeout
+
+from retrieval.errors import IndexLocked, RetrievalError
+
+log = logging.getLogger(__name__)
+
+UNLISTED = ("manifest.json", "rejects.jsonl")
+"""Files the manifest does not checksum: itself, and the report of the last build or add."""
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _lock_file(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+@contextmanager
+def writer(path: Path, *, wait: bool = True) -> Iterator[None]:
+    """Be the only writer of the index at `path` for the duration; a second one waits or fails.
+
+    While the lock is held no other writer can be alive, so temporary folders left beside the
+    index by killed runs are removed here, and an index caught between its two renames is restored.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(_lock_file(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not wait:
+                raise IndexLocked(
+                    f"{path}: another `index build` or `index add` is writing this index; try again when it is done"
+                ) from None
+            log.warning("%s: another build or add is writing this index; waiting for it to finish", path)
+            start = time.monotonic()
+            lock.acquire()
+            log.warning("%s: the other writer is done after %.0f s; going on", path, time.monotonic() - start)
+    except OSError as e:
+        raise RetrievalError(f"{_lock_file(path)}: cannot take the writer lock ({describe(e)})") from None
+    try:
+        _clean_up(path)
+        yield
+    finally:
+        lock.release()
+
+
+def _clean_up(path: Path) -> None:
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        kept = old / path.name
+        if not path.exists() and (kept / "manifest.json").exists():
+            kept.rename(path)
+            log.warning("%s: restored the index from %s (a run was killed while publishing)", path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in path.parent.glob(f".{path.name}.building-*"):
+        log.info("removing %s, left by a killed build or add", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def describe(error: BaseException) -> str:
+    """The cause of a failed write in a few words, 'disk full' first when that is what it is."""
+    if isinstance(error, OSError):
+        where = f" ({Path(error.filename).name})" if error.filename else ""
+        if error.errno == errno.ENOSPC:
+            return f"disk full{where}"
+        return f"{error.strerror or error}{where}"
+    text = str(error).strip().splitlines()
+    line = text[-1] if text else type(error).__name__
+    return "disk full" if "No space left on device" in str(error) else line
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `out`, on failure it vanishes.
+
+    A write that fails (disk full, permission denied, ...) is one RetrievalError naming the
+    index and the cause, with the old index untouched.
+    """
+    out = Path(out)
+    existed = out.exists()
+    tmp = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # mode 0777 less the umask, like any folder the user makes
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old.mkdir()
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except (OSError, duckdb.Error) as e:
+        kept = "the old index is unchanged" if existed else "no index was written"
+        raise RetrievalError(f"{out}: could not write the index ({describe(e)}); {kept}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_entries(folder: Path, known: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Size, mtime and sha256 of every file of the folder; files unchanged since `known`
+    (hard-linked shards) keep their entry instead of being hashed again."""
+    entries = {}
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or file.name in UNLISTED:
+            continue
+        name = file.relative_to(folder).as_posix()
+        stat = file.stat()
+        old = (known or {}).get(name)
+        if old and old["bytes"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
+            entries[name] = old
+        else:
+            entries[name] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256(file)}
+    return entries
+
+
+def damaged_files(folder: Path, entries: dict[str, dict[str, Any]], *, full: bool) -> list[str]:
+    """What differs from the manifest's file list. Without `full`, only files whose size or
+    mtime changed are hashed: a write into a file changes its mtime, so this is cheap and
+    still catches it; `full` hashes everything, for damage that left the mtime alone."""
+    problems = []
+    for name, entry in entries.items():
+        file = folder / name
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        if stat.st_size != entry["bytes"]:
+            problems.append(f"{name}: {stat.st_size} bytes, the manifest says {entry['bytes']}")
+        elif (full or stat.st_mtime_ns != entry["mtime_ns"]) and sha256(file) != entry["sha256"]:
+            problems.append(f"{name}: checksum differs from the manifest")
+    return problems
