@@ -3,8 +3,9 @@ reader reopens and queries it in a loop, for a bounded number of rounds and seco
 
 Each round copies a 500-row index of real tweets, starts `--adders` CLI processes that each add
 100 other real tweets, and queries until they are done. A round passes when the index ends with
-500 + 100 x adders rows, every add printed `indexed 100`, `index verify` says ok and no query
-failed. Prints one line per round and a summary, and appends a JSON line to bench/results/writes.jsonl.
+500 + 100 x adders rows, every add printed `indexed 100` and the row count it published (600,
+700, 800: each saw the ones before it), `index verify` says ok and no query failed. Prints one
+line per round and a summary, and appends a JSON line to bench/results/writes.jsonl.
 
     .venv/bin/python bench/bench_writes.py --rounds 20 --adders 3
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +110,9 @@ def main() -> None:
         seconds = time.monotonic() - began
         rows = int(json.loads((index / "manifest.json").read_text())["next_id"])
         adds_ok = sum(a.returncode == 0 and "indexed 100," in out for a, out in zip(adders, outputs))
+        published = sorted(int(m.group(1)) for out in outputs if (m := re.search(r"now version \d+, (\d+) rows", out)))
+        if published != [500 + 100 * (i + 1) for i in range(args.adders)]:
+            adds_ok = min(adds_ok, len(published))  # each add must have seen the ones before it
         verified = _cli("index", "verify", "--index", str(index), timeout=300).returncode == 0
         ok = rows == expected and adds_ok == args.adders and verified and counts["failures"] == 0
         results.append(

@@ -84,16 +84,30 @@ def _clean_up(path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def describe(error: BaseException) -> str:
+FULL_BELOW = 2**20
+"""Free bytes under which a failed write is put down to a full disk (numpy and faiss report a
+short write without an errno)."""
+
+
+def describe(error: BaseException, folder: Path | None = None) -> str:
     """The cause of a failed write in a few words, 'disk full' first when that is what it is."""
     if isinstance(error, OSError):
         where = f" ({Path(error.filename).name})" if error.filename else ""
         if error.errno == errno.ENOSPC:
             return f"disk full{where}"
-        return f"{error.strerror or error}{where}"
-    text = str(error).strip().splitlines()
-    line = text[-1] if text else type(error).__name__
-    return "disk full" if "No space left on device" in str(error) else line
+        cause = f"{error.strerror or error}{where}"
+    else:
+        text = str(error).strip().splitlines()
+        cause = text[-1] if text else type(error).__name__
+    full = "No space left on device" in str(error) or (folder is not None and _free(folder) < FULL_BELOW)
+    return f"disk full: {cause}" if full else cause
+
+
+def _free(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("inf")
 
 
 @contextmanager
@@ -120,7 +134,7 @@ def atomic_folder(out: Path) -> Iterator[Path]:
             tmp.rename(out)
     except (OSError, duckdb.Error) as e:
         kept = "the old index is unchanged" if existed else "no index was written"
-        raise RetrievalError(f"{out}: could not write the index ({describe(e)}); {kept}") from None
+        raise RetrievalError(f"{out}: could not write the index ({describe(e, out.parent)}); {kept}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
