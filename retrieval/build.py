@@ -276,6 +276,7 @@ def add_to_index(
     (or fail at once with `wait=False`) and none loses another's rows.
     """
     path = Path(path)
+    store.read_manifest(path)  # not an index: say so before taking a lock beside it
     with writer(path, wait=wait):
         manifest = store.read_manifest(path)
         text = bool(manifest["shards"])
