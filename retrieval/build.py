@@ -276,8 +276,7 @@ def add_to_index(
     (or fail at once with `wait=False`) and none loses another's rows.
     """
     path = Path(path)
-    store.read_manifest(path)  # not an index: say so before taking a lock beside it
-    with writer(path, wait=wait):
+    with writer(path, wait=wait, create=False):
         manifest = store.read_manifest(path)
         text = bool(manifest["shards"])
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)

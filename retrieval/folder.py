@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 from filelock import FileLock, Timeout
 
-from retrieval.errors import IndexLocked, RetrievalError
+from retrieval.errors import IndexLocked, IndexNotFound, RetrievalError
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,16 @@ def _lock_file(path: Path) -> Path:
 
 
 @contextmanager
-def writer(path: Path, *, wait: bool = True) -> Iterator[None]:
+def writer(path: Path, *, wait: bool = True, create: bool = True) -> Iterator[None]:
     """Be the only writer of the index at `path` for the duration; a second one waits or fails.
 
     While the lock is held no other writer can be alive, so temporary folders left beside the
     index by killed runs are removed here, and an index caught between its two renames is restored.
+    `create=False` (an add) makes no folder for a mistyped path.
     """
     path = Path(path)
+    if not create and not path.parent.is_dir():
+        raise IndexNotFound(f"{path}: not an index (no such folder)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(_lock_file(path))
@@ -169,8 +172,9 @@ def damaged_files(folder: Path, entries: dict[str, dict[str, Any]], *, full: boo
         except FileNotFoundError:
             problems.append(f"{name}: missing")
             continue
-        if stat.st_size != entry["bytes"]:
+        changed = entry["mtime_ns"] is not None and stat.st_mtime_ns != entry["mtime_ns"]  # None: not recorded
+        if entry["bytes"] is not None and stat.st_size != entry["bytes"]:
             problems.append(f"{name}: {stat.st_size} bytes, the manifest says {entry['bytes']}")
-        elif (full or stat.st_mtime_ns != entry["mtime_ns"]) and sha256(file) != entry["sha256"]:
+        elif (full or changed) and sha256(file) != entry["sha256"]:
             problems.append(f"{name}: checksum differs from the manifest")
     return problems

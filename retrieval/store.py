@@ -368,12 +368,22 @@ def read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IndexCorrupt(f"{file}: damaged, not valid JSON ({e}); rebuild the index") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise IndexCorrupt(f"{file}: format version {found}, this version reads {FORMAT_VERSION}; rebuild the index")
+    found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if found == 1:
+        return _from_format_1(manifest)
+    if found != FORMAT_VERSION:
+        raise IndexCorrupt(f"{file}: format version {found}, this version reads 1 and {FORMAT_VERSION}")
     if manifest.get("manifest_sha256") != _self_checksum(manifest):
         raise IndexCorrupt(f"{file}: damaged (its checksum differs from its content); rebuild the index")
     return manifest
+
+
+def _from_format_1(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest checksummed its shards only: those are its file list (size and mtime
+    unknown, so they are hashed by full checks only). The next `index add` writes format 2."""
+    sets = [manifest, *([manifest["image"]] if "image" in manifest else [])]
+    files = {e["file"]: {"bytes": None, "mtime_ns": None, "sha256": e["sha256"]} for s in sets for e in s["shards"]}
+    return {**manifest, "format_version": FORMAT_VERSION, "version": 1, "files": files}
 
 
 def check(path: Path, manifest: dict[str, Any], *, full: bool = False) -> None:

@@ -309,3 +309,19 @@ def test_nothing_to_index_writes_the_rejects_and_says_why(tmp_path: Path) -> Non
         build_index(path, tmp_path / "x", embedder=HashEmbedder(), progress=False)
     rejects = [json.loads(line) for line in (tmp_path / "x.rejects.jsonl").read_text().splitlines()]
     assert [r["row"] for r in rejects] == [1, 2]
+
+
+def test_a_format_1_index_opens_is_verified_and_upgraded_by_add(index: Path, parts: list[Path]) -> None:
+    manifest = json.loads((index / "manifest.json").read_text())
+    for key in ("files", "version", "manifest_sha256"):
+        del manifest[key]
+    (index / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with IndexReader(index) as reader:
+        assert reader.stats()["rows"] == 500
+    assert store.verify(index) == []
+    add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
+    upgraded = store.read_manifest(index)
+    assert (upgraded["format_version"], upgraded["version"], upgraded["next_id"]) == (2, 2, 600)
+    assert sorted([*upgraded["files"], "manifest.json"]) == _index_files(index)
+    _flip(index / "shards" / "0000.faiss")
+    assert store.verify(index) == ["shards/0000.faiss: checksum differs from the manifest"]
