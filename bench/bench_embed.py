@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from retrieval import index as fx  # noqa: E402
 from retrieval.cpu import cpu_features, cpu_model  # noqa: E402
 from retrieval.data import load_tweets  # noqa: E402
-from retrieval.embed import default_precision, model_path, text_embedder  # noqa: E402
+from retrieval.embed import default_precision, text_embedder  # noqa: E402
 from retrieval.embed_cache import CachedEmbedder  # noqa: E402
 from retrieval.embed_onnx import (  # noqa: E402
     INT8_BLOCK,
@@ -45,6 +45,7 @@ from retrieval.embed_onnx import (  # noqa: E402
     calibration_feeds,
     onnx_path,
 )
+from retrieval.models import model_path  # noqa: E402
 from retrieval.onnx_int8 import RECIPES, calibrate, quantize_int8  # noqa: E402
 from retrieval.onnx_recipes import Encode, take_turns  # noqa: E402
 

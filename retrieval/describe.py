@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.embed import cache_dir
+from retrieval.config import cache_dir
 from retrieval.errors import DataError
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from retrieval.embed import Embedder, cache_dir
+from retrieval.config import cache_dir
+from retrieval.embed import Embedder
 
 log = logging.getLogger(__name__)
 

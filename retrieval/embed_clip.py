@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.embed import default_device
+from retrieval.config import default_device
 from retrieval.errors import ModelMissing, RetrievalError
 
 if TYPE_CHECKING:

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from filelock import FileLock
 
+from retrieval.config import cache_dir
 from retrieval.cpu import cpu_key
-from retrieval.embed import MAX_SEQ_LENGTH, cache_dir, model_path
 from retrieval.errors import ModelMissing
+from retrieval.models import MAX_SEQ_LENGTH, model_path
 from retrieval.onnx_recipes import FP32, Choice, choose_recipe, read_choice
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from retrieval.config import cache_dir
 from retrieval.data import parse_media
-from retrieval.embed import cache_dir
 
 if TYPE_CHECKING:
     from PIL import Image

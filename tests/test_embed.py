@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embed import SentenceEmbedder, assemble_mpnet, model_path
+from retrieval.embed import SentenceEmbedder
 from retrieval.errors import ModelMissing
+from retrieval.models import assemble_mpnet, model_path
 
 
 def test_minilm_vectors_are_normalised_and_deterministic(minilm) -> None:

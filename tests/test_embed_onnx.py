@@ -20,9 +20,10 @@ from retrieval import index as fx
 from retrieval.build import add_to_index, build_index
 from retrieval.check_texts import check_texts
 from retrieval.cpu import cpu_features, cpu_key
-from retrieval.embed import embedder_for_index, index_precision, model_path, text_embedder
+from retrieval.embed import embedder_for_index, index_precision, text_embedder
 from retrieval.embed_onnx import RECIPE, OnnxEmbedder, onnx_path, read_spec
 from retrieval.errors import ModelMissing, RetrievalError
+from retrieval.models import model_path
 from retrieval.onnx_int8 import RECIPES
 from retrieval.onnx_recipes import CHECK_BARS, FP32, agreement, measure, read_choice
 from retrieval.search import Searcher
