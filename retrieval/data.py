@@ -381,6 +381,43 @@ def parse_media(value: str | None) -> list[dict[str, str | None]]:
     return items
 
 
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".m3u8")
+
+
+def _medium(item: Any) -> dict[str, str | None] | None:
+    """One medium from a URL or path (kind from its extension) or a {kind, url, thumbnail} object."""
+    if isinstance(item, str) and item.strip():
+        url = item.strip()
+        suffix = url.split("?")[0].lower()
+        kind = "gif" if suffix.endswith(".gif") else "video" if suffix.endswith(_VIDEO_SUFFIXES) else "photo"
+        return {"kind": kind, "url": url, "thumbnail": None}
+    if isinstance(item, dict) and (item.get("url") or item.get("thumbnail")):
+        kind = item.get("kind") if item.get("kind") in ("photo", "video", "gif") else "photo"
+        return {"kind": kind, "url": item.get("url") or None, "thumbnail": item.get("thumbnail") or None}
+    return None
+
+
+def read_media(value: Any) -> list[dict[str, str | None]]:
+    """A media value as users have it, as a list of {kind, url, thumbnail}: the dataset's
+    `[Photo(...)]` text, a JSON list (of URLs, paths or objects), a list, or one URL or path.
+
+    Anything unrecognised gives [], never an error: media is decoration and must not cost a tweet."""
+    if isinstance(value, list | tuple):
+        items: Any = list(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        if text.startswith("[") and ("Photo(" in text or "Video(" in text or "Gif(" in text):
+            return parse_media(text)
+        try:
+            items = json.loads(text) if text[0] in "[{" else [text]
+        except json.JSONDecodeError:
+            return []
+    else:
+        return []
+    items = items if isinstance(items, list) else [items]
+    return [m for m in map(_medium, items) if m is not None]
+
+
 class _Rejected(Exception):
     """A row check failed; args are (field, reason, raw value) for the Reject."""
 
@@ -423,7 +460,7 @@ def _clean_row(
         if tweet_id in seen.ids:
             raise _Rejected("id", f"duplicate id {tweet_id}", raw_id)
         seen.ids.add(tweet_id)
-    media_json = _JSON(parse_media(media)) if isinstance(media, str) else "[]"
+    media_json = _JSON(read_media(media))
     return (tweet_id, when, _clean_str(user), _clean_str(company), likes, text, media_json)
 
 

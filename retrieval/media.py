@@ -14,7 +14,6 @@ import collections
 import hashlib
 import http.client
 import io
-import json
 import logging
 import os
 import ssl
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from retrieval.config import cache_dir
-from retrieval.data import parse_media
+from retrieval.data import read_media
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,34 +70,19 @@ class _Missing(Exception):
         self.connection_level = connection_level
 
 
-def image_sources(media_json: str | None) -> list[str]:
-    """The images to embed for one tweet, from the index's media JSON, without duplicates.
+def image_sources(media: str | None) -> list[str]:
+    """The images to embed for one tweet, without duplicates, from its media in any form that
+    `read_media` takes (the index stores it as a JSON list of {kind, url, thumbnail}).
 
     A photo gives its thumbnail (the dataset's previewUrl, about 5x fewer bytes than the full
     photo and still far above the 224 pixels CLIP sees), else its url; a video or gif gives its
-    thumbnail (an mp4 is not an image). A JSON list of strings, a single path or URL, and the dataset's raw
-    Python-repr media text are accepted too.
+    thumbnail (an mp4 is not an image).
     """
-    if not media_json or not media_json.strip():
-        return []
-    text = media_json.strip()
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
-        items = parse_media(text) if text.startswith("[") else [text]
-    if isinstance(items, str | dict):
-        items = [items]
     sources: list[str] = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, str):
-            source = item
-        elif isinstance(item, dict):
-            photo = item.get("kind") == "photo"
-            source = (item.get("thumbnail") or item.get("url")) if photo else item.get("thumbnail")
-        else:
-            continue
-        if isinstance(source, str) and source.strip() and source.strip() not in sources:
-            sources.append(source.strip())
+    for item in read_media(media):
+        source = (item["thumbnail"] or item["url"]) if item["kind"] == "photo" else item["thumbnail"]
+        if source and source not in sources:
+            sources.append(source)
     return sources
 
 

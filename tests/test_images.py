@@ -230,3 +230,21 @@ def test_cli_generate_describes_the_image(
     assert result.stderr.startswith("media: photo of "), "CLIP's top labels stand in for --media"
     answer = json.loads(result.stdout)
     assert answer["candidates"][0]["exemplars"]
+
+
+def test_media_given_as_local_paths_json_lists_or_urls_is_embedded(
+    tmp_path: Path, image_folder: Path, minilm, clip_embedder
+) -> None:
+    """The media column as users have it: a path, a JSON list of paths, a URL (offline here)."""
+    pictures = sorted(p for p in image_folder.iterdir() if p.suffix in (".png", ".jpg"))
+    rows = [{"id": i, "content": f"tweet {i}", "media": str(p)} for i, p in enumerate(pictures[:4])]
+    rows.append({"id": 10, "content": "two pictures", "media": json.dumps([str(pictures[4]), str(pictures[5])])})
+    rows.append({"id": 11, "content": "a list", "media": [str(pictures[6])]})
+    rows.append({"id": 12, "content": "gone", "media": str(tmp_path / "missing.png")})
+    rows.append({"id": 13, "content": "online", "media": "https://example.com/a.jpg"})
+    path = tmp_path / "local.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = build_index(path, tmp_path / "idx", embedder=minilm, images=_source(clip_embedder), progress=False)
+    assert report.images is not None and len(report.images.vectors) == 7
+    assert sorted(set(report.images.rows.tolist())) == [0, 1, 2, 3, 4, 5]
+    assert report.images.missing == {"file not found": 1, "offline": 1}
