@@ -29,6 +29,14 @@ INDEX_OPTION = click.option(
     type=click.Path(path_type=Path),
     help="Index folder (env RETRIEVAL_INDEX).",
 )
+HINTS = {
+    "clip_checkpoint": "give --clip-checkpoint PATH (nothing is downloaded)",
+    "precision": "use --precision {value}",
+    "date": "give a later --date or none",
+    "verify": "run `index verify --index {value}`",
+    "encoding": "give --encoding, e.g. cp1252 or latin-1",
+}
+"""How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
 DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
@@ -40,7 +48,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except RetrievalError as e:
-        raise click.ClickException(str(e)) from None
+        hint = HINTS.get(e.hint, "") if e.hint else ""
+        raise click.ClickException(str(e) + ("; " + hint.format(value=e.value) if hint else "")) from None
     except OSError as e:  # the library names the file where it can; this is the last resort
         raise click.ClickException(f"{e.filename or 'error'}: {e.strerror or e}") from None
     except duckdb.Error as e:

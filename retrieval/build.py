@@ -59,7 +59,8 @@ class BuildReport:
 
     def image_summary(self) -> str:
         """How many images were embedded and why the others were not (offline, timeout, ...)."""
-        assert self.images is not None
+        if self.images is None:
+            return "images: none embedded"
         tweets = len(set(self.images.rows.tolist()))
         line = f"images: {len(self.images.vectors)} embedded for {tweets} tweets"
         missing = len(self.images.failures)
@@ -214,7 +215,7 @@ def build_index(
         if not images_in_folder(source):
             raise DataError(f"{source}: a folder without images (.jpg, .png, .webp, .gif, ...); give a tweet file")
         if images is None:
-            raise RetrievalError(f"{source}: a folder of images needs a CLIP model: give --clip-checkpoint PATH")
+            raise RetrievalError(f"{source}: a folder of images needs a CLIP model", hint="clip_checkpoint")
         loaded, text = load_image_folder(source), False
     else:
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
@@ -309,7 +310,7 @@ def _add(
 def _check_same_clip(path: Path, manifest: dict[str, Any], clip: ClipEmbedder) -> None:
     built = manifest.get("image", {}).get("embedder")
     if built is None:
-        raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with --clip-checkpoint")
+        raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP model")
     clip.check_built_with(built, path)
 
 
@@ -322,7 +323,9 @@ def _check_embedder(path: Path, info: Mapping[str, Any], embedder: Embedder) -> 
     if given != wanted:
         raise RetrievalError(
             f"{path}: index was built with {info['name']} {info.get('precision', 'fp32')}; "
-            f"adding {given} vectors would mix precisions (use --precision {wanted})"
+            f"adding {given} vectors would mix precisions",
+            hint="precision",
+            value=wanted,
         )
 
 

@@ -132,7 +132,7 @@ def _text_encoding(path: Path, encoding: str | None) -> str:
         try:
             codecs.lookup(encoding)
         except LookupError:
-            raise DataError(_message(path, f"unknown encoding {encoding!r}")) from None
+            raise DataError(_message(path, f"unknown encoding {encoding!r}"), hint="encoding") from None
         return encoding
     candidates = ["utf-8-sig", "cp1252"]
     with path.open("rb") as file:
@@ -149,7 +149,7 @@ def _text_encoding(path: Path, encoding: str | None) -> str:
                 break
         chosen = next((name for name, d in zip(candidates, decoders) if d is not None), "latin-1")
     if chosen != "utf-8-sig":
-        logger.warning("%s: not UTF-8; read as %s (give --encoding to choose another)", path, chosen)
+        logger.warning("%s: not UTF-8; read as %s (name the encoding to read it otherwise)", path, chosen)
     return chosen
 
 

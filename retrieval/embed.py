@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from retrieval.config import default_device
-from retrieval.errors import ModelMissing
+from retrieval.errors import ModelMissing, RetrievalError
 from retrieval.models import MAX_SEQ_LENGTH, model_path
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def text_embedder(
     device = device or default_device()
     precision = precision or default_precision(device)
     if precision not in PRECISIONS:
-        raise ValueError(f"Precision {precision!r} is not supported")
+        raise RetrievalError(
+            f"precision {precision!r} is not one of {', '.join(PRECISIONS)}", hint="precision", value="int8"
+        )
     if precision == "int8":
         from retrieval.embed_onnx import OnnxEmbedder
 
@@ -126,9 +128,13 @@ class SentenceEmbedder:
         self.device = device or default_device()
         self.precision = precision or ("fp16" if self.device == "cuda" else "fp32")
         if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"Precision {self.precision!r} is not supported")
+            raise RetrievalError(
+                f"precision {self.precision!r} is not one of fp32, fp16 here", hint="precision", value="fp32"
+            )
         if self.precision == "fp16" and self.device != "cuda":
-            raise ModelMissing("fp16 needs a CUDA device; use int8 or fp32 on the CPU")
+            raise RetrievalError(
+                "fp16 needs a CUDA device; on the CPU use int8 or fp32", hint="precision", value="int8"
+            )
         self.model_id = f"{name}-{self.precision}"
         self.batch_size = batch_size
         path = model_path(name)
@@ -143,7 +149,8 @@ class SentenceEmbedder:
         if self.precision == "fp16":
             self.model.half()
         dim = self.model.get_embedding_dimension()
-        assert dim is not None
+        if dim is None:
+            raise ModelMissing(f"{path}: the model does not say its embedding width")
         self.dim = int(dim)
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:

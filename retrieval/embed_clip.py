@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-32"
 NEEDS_CHECKPOINT = (
-    "CLIP needs a checkpoint file: pass --clip-checkpoint PATH (an open_clip .safetensors or .pt state dict "
-    "for the --clip-model architecture); no package ships CLIP weights and nothing is downloaded"
+    "CLIP needs a checkpoint file (an open_clip .safetensors or .pt state dict for the chosen "
+    "architecture); no package ships CLIP weights and nothing is downloaded"
 )
 
 TORCHSCRIPT = "a TorchScript archive, like OpenAI's original .pt: save its state_dict() as .safetensors once"
@@ -79,7 +79,7 @@ class ClipEmbedder:
                 f"unknown CLIP model {model!r}: give an open_clip architecture such as ViT-B-32, ViT-B-16 or ViT-L-14"
             )
         if checkpoint is None:
-            raise ModelMissing(NEEDS_CHECKPOINT)
+            raise ModelMissing(NEEDS_CHECKPOINT, hint="clip_checkpoint")
         path = Path(checkpoint).expanduser().resolve()
         if not path.is_file():
             raise ModelMissing(f"{checkpoint}: CLIP checkpoint file not found")

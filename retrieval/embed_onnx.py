@@ -30,7 +30,7 @@ from filelock import FileLock
 
 from retrieval.config import cache_dir
 from retrieval.cpu import cpu_key
-from retrieval.errors import ModelMissing
+from retrieval.errors import ModelMissing, RetrievalError
 from retrieval.models import MAX_SEQ_LENGTH, model_path
 from retrieval.onnx_recipes import FP32, Choice, choose_recipe, read_choice
 
@@ -98,10 +98,14 @@ def read_spec(folder: Path) -> ModelSpec:
     for module in modules:
         kind = module["type"].rsplit(".", 1)[-1]
         if kind not in SUPPORTED_MODULES:
-            raise ModelMissing(f"{folder}: module {kind} is not supported by the ONNX path; use --precision fp32")
+            raise ModelMissing(
+                f"{folder}: module {kind} is not supported by the ONNX path", hint="precision", value="fp32"
+            )
     modes = sorted(k.removeprefix("pooling_mode_") for k, v in pooling.items() if k.startswith("pooling_mode_") and v)
     if modes != ["mean_tokens"]:
-        raise ModelMissing(f"{folder}: pooling {modes} is not supported by the ONNX path; use --precision fp32")
+        raise ModelMissing(
+            f"{folder}: pooling {modes} is not supported by the ONNX path", hint="precision", value="fp32"
+        )
     return ModelSpec(
         folder=folder,
         dim=int(pooling["word_embedding_dimension"]),
@@ -234,7 +238,9 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         if precision not in ("fp32", "int8"):
-            raise ValueError(f"Precision {precision!r} is not supported by the ONNX path")
+            raise RetrievalError(
+                f"precision {precision!r} is not supported by the ONNX path", hint="precision", value="int8"
+            )
         self.name = name
         self.precision = precision
         self.batch_size = batch_size

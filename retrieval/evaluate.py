@@ -97,7 +97,8 @@ class Estimates:
 
 def likes_metrics(y: np.ndarray, found: Estimates) -> dict[str, float | None]:
     """RMSE and MAE on log1p(likes), RMSE on raw likes, Spearman, and 80% interval coverage."""
-    assert y.shape == found.point.shape == found.low.shape == found.high.shape
+    if not y.shape == found.point.shape == found.low.shape == found.high.shape:
+        raise ValueError(f"{y.shape[0]} targets for {found.point.shape[0]} estimates")
     error = found.point - y
     rho = spearmanr(found.point, y).statistic if np.ptp(found.point) > 0 else float("nan")
     return {

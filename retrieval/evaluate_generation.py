@@ -31,7 +31,8 @@ SYSTEMS = ("retrieval_only", "llm_only", "rag")
 
 def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU-1..4 (0..1) and mean ROUGE-L F1 of hypotheses against one reference each."""
-    assert len(hypotheses) == len(references) and len(references) > 0
+    if len(hypotheses) != len(references) or not references:
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references (need one each, and some)")
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import BLEU
 

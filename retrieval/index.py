@@ -222,7 +222,8 @@ def merge_results(
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """k-recall@k: the share of the true top-k that the found top-k holds (FAISS's definition)."""
-    assert found.shape[0] == truth.shape[0]
+    if found.shape[0] != truth.shape[0]:
+        raise ValueError(f"results for {found.shape[0]} queries, truth for {truth.shape[0]}")
     hits = [len(set(f[:k]) & set(t[:k]) - {-1}) / k for f, t in zip(found, truth)]
     return float(np.mean(hits))
 

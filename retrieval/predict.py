@@ -275,7 +275,8 @@ class LikesPrediction:
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: Sequence[float]) -> np.ndarray:
     """Quantiles of a weighted sample, interpolated between weight midpoints (smooth in q)."""
-    assert values.shape == weights.shape and (weights > 0).any()
+    if values.shape != weights.shape or not (weights > 0).any():
+        raise ValueError("weighted_quantile needs one weight per value, some of them positive")
     order = np.argsort(values, kind="stable")
     order = order[weights[order] > 0]
     v, w = values[order], weights[order]
@@ -383,8 +384,8 @@ class IndexHistory:
         if query.date is not None and (self.first_date is None or query.date <= self.first_date):
             since = f"its first dated tweet is from {self.first_date:%Y-%m-%d}" if self.first_date else "none is dated"
             raise RetrievalError(
-                f"{self.reader.path}: no tweets with likes before {query.date:%Y-%m-%d %H:%M} ({since});"
-                " give a later --date or none"
+                f"{self.reader.path}: no tweets with likes before {query.date:%Y-%m-%d %H:%M} ({since})",
+                hint="date",
             )
         if query.date is not None and self.last_date is not None and query.date > self.last_date:
             log.info("%s is after the last dated tweet (%s): all dated history is used", query.date, self.last_date)

@@ -136,8 +136,9 @@ class IndexReader:
         """The named vector set, or a one-line error saying how to get it."""
         found = self.sets.get(space)
         if found is None or not found.shards:
-            how = "build it with --clip-checkpoint and media" if space == "image" else "build it from tweets with text"
-            raise RetrievalError(f"{self.path}: the index holds no {space} vectors; {how}")
+            how = "build it with a CLIP model and media" if space == "image" else "build it from tweets with text"
+            hint = "clip_checkpoint" if space == "image" else None
+            raise RetrievalError(f"{self.path}: the index holds no {space} vectors; {how}", hint=hint)
         return found
 
     def close(self) -> None:

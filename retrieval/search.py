@@ -80,7 +80,7 @@ class Searcher:
 
     def _clip(self) -> ClipEmbedder:
         if self.clip is None:
-            raise RetrievalError("image search needs the CLIP model: give --clip-checkpoint PATH")
+            raise RetrievalError("image search needs the CLIP model the index was built with", hint="clip_checkpoint")
         return self.clip
 
     def similar(

@@ -296,7 +296,7 @@ def add(
     """Append rows as one new shard per vector set, cloned from the trained empty index: no retraining."""
     manifest = read_manifest(path)
     if problems := damaged_files(Path(path), manifest["files"], full=False):
-        raise IndexCorrupt(f"{path}: damaged ({problems[0]}); nothing was added. Run `index verify`, then rebuild")
+        raise IndexCorrupt(f"{path}: damaged ({problems[0]}); nothing was added", hint="verify", value=str(path))
     if images is not None and len(images.vectors) and "image" not in manifest:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP checkpoint")
     table, has_vector, where = _order_vectors_first(table, has_vector)
@@ -390,7 +390,7 @@ def check(path: Path, manifest: dict[str, Any], *, full: bool = False) -> None:
     """Raise IndexCorrupt, in one line, when a file of the index differs from its manifest."""
     if problems := damaged_files(Path(path), manifest["files"], full=full):
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-        raise IndexCorrupt(f"{path}: damaged: {problems[0]}{more}; run `index verify --index {path}`")
+        raise IndexCorrupt(f"{path}: damaged: {problems[0]}{more}", hint="verify", value=str(path))
 
 
 def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[fx.Shard]:

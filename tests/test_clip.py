@@ -117,7 +117,8 @@ def test_without_checkpoint_one_line_says_how_to_give_one() -> None:
     with pytest.raises(ModelMissing) as info:
         ClipEmbedder("ViT-B-32")
     message = str(info.value)
-    assert "\n" not in message and "--clip-checkpoint PATH" in message and "nothing is downloaded" in message
+    assert "\n" not in message and "nothing is downloaded" in message and "--" not in message, "no CLI flag"
+    assert info.value.hint == "clip_checkpoint"
 
 
 @pytest.mark.parametrize(

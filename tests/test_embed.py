@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.embed import SentenceEmbedder
-from retrieval.errors import ModelMissing
+from retrieval.errors import ModelMissing, RetrievalError
 from retrieval.models import assemble_mpnet, model_path
 
 
@@ -24,8 +24,9 @@ def test_minilm_vectors_are_normalised_and_deterministic(minilm) -> None:
 def test_unknown_model_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ModelMissing, match="not a known model"):
         model_path(str(tmp_path / "nothing-here"))
-    with pytest.raises(ValueError, match="Precision 'int4' is not supported"):
+    with pytest.raises(RetrievalError, match="precision 'int4' is not one of") as info:
         SentenceEmbedder("minilm", precision="int4")  # type: ignore[arg-type]
+    assert (info.value.hint, info.value.value) == ("precision", "fp32")
 
 
 @pytest.mark.slow

@@ -215,7 +215,7 @@ def test_manifests_without_precision_mean_fp32() -> None:
     assert index_precision({"name": "minilm", "dim": 384, "precision": "int8"}) == "int8"
     assert index_precision({"name": "minilm", "dim": 384, "precision": "fp16"}, device="cpu") == "fp32"
     assert embedder_for_index({"name": "minilm", "dim": 384}).precision == "fp32"
-    with pytest.raises(ValueError, match="Precision 'int4' is not supported"):
+    with pytest.raises(RetrievalError, match="precision 'int4' is not one of fp32, int8, fp16"):
         text_embedder("minilm", precision="int4")  # type: ignore[arg-type]
 
 
