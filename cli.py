@@ -37,6 +37,8 @@ HINTS = {
     "encoding": "give --encoding, e.g. cp1252 or latin-1",
 }
 """How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
+SPACES = ("text", "image")
+"""The vector sets of an index (retrieval.reader.SPACES), named the same in every command."""
 DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
@@ -454,10 +456,10 @@ def _cut(text: str, width: int) -> str:
 @click.option("--image", "image_path", default=None, help="Query by an image (file or URL) over the image vectors.")
 @click.option(
     "--space",
-    type=click.Choice(["text", "clip"]),
+    type=click.Choice(SPACES),
     default="text",
     show_default=True,
-    help="For TEXT: MPNet over tweet texts, or CLIP's text tower over tweet images.",
+    help="For TEXT: the text model over tweet texts, or CLIP's text tower over tweet images.",
 )
 @clip_options
 @CHECK_OPTION
@@ -487,7 +489,7 @@ def similar(
         raise click.UsageError("give one of TEXT, --id or --image")
     filters = _filters(username, company, since, until, min_likes)
     with user_errors():
-        needs_clip = image_path is not None or space == "clip"
+        needs_clip = image_path is not None or space == "image"
         clip = _clip_for(clip_checkpoint, clip_model, index_path) if needs_clip else None
         searcher = Searcher.open(index_path, clip=clip, check=check)
         if image_path is not None:
@@ -536,7 +538,7 @@ def evaluate() -> None:
 @evaluate.command("search")
 @INDEX_OPTION
 @click.option("--nprobe", type=click.IntRange(1), default=None)
-@click.option("--space", type=click.Choice(["text", "image"]), default="text", show_default=True)
+@click.option("--space", type=click.Choice(SPACES), default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: bool) -> None:
     """Recall against exact search (1-recall@1, 10-recall@10), ms per query, bytes per vector."""
@@ -741,7 +743,7 @@ def eval_likes_cmd(
 
 
 GGUF_OPTION = click.option(
-    "--model",
+    "--llm",
     "model_path",
     type=click.Path(path_type=Path),
     default=None,

@@ -11,7 +11,7 @@ import numpy as np
 
 from retrieval.embed import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
-from retrieval.reader import Filters, IndexReader
+from retrieval.reader import SPACES, Filters, IndexReader
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -92,14 +92,15 @@ class Searcher:
         nprobe: int | None = None,
         space: str = "text",
     ) -> list[Hit]:
-        """Tweets near a text: by MPNet over tweet texts (`text`), or by CLIP over their images (`clip`)."""
+        """Tweets near a text: by the text model over tweet texts (`text`), or by CLIP's text tower
+        over their images (`image`)."""
         if not text or not text.strip():
             raise RetrievalError("the query text is empty")
-        if space == "clip":
+        if space == "image":
             query = self._clip().encode([text.strip()])
             return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
         if space != "text":
-            raise RetrievalError(f"unknown space {space!r}; use text or clip")
+            raise RetrievalError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
         return self.similar_vectors(self.embedder.encode([text.strip()]), k, filters=filters, nprobe=nprobe)[0]
 
     def image_vector(self, image: PIL.Image.Image) -> np.ndarray:

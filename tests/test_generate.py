@@ -249,7 +249,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["candidates"][0]["text"] and out["candidates"][0]["exemplars"][0]["username"] == user
-    r = CliRunner().invoke(cli, [*args, "--max-tokens", "24", "--model", str(tmp_path / "none.gguf")])
+    r = CliRunner().invoke(cli, [*args, "--max-tokens", "24", "--llm", str(tmp_path / "none.gguf")])
     assert r.exit_code == 1 and "no such model file" in r.output and "Traceback" not in r.output
 
     r = CliRunner().invoke(

@@ -113,7 +113,7 @@ def test_image_search_filters_and_counts_each_tweet_once(image_index: Path, loca
     account = hits[3].tweet["username"]
     only = searcher.similar_image(image, k=5, filters=Filters(username=account))
     assert only and {h.tweet["username"] for h in only} == {account}
-    text_hits = searcher.similar("a new store opening", k=5, space="clip")
+    text_hits = searcher.similar("a new store opening", k=5, space="image")
     assert len(text_hits) == 5, "a text query through CLIP's text tower searches the image vectors"
 
 
