@@ -393,6 +393,24 @@ def index_verify(index_path: Path) -> None:
 
 
 @cli.group()
+def models() -> None:
+    """The text models: weights from installed packages, int8 models made for this CPU."""
+
+
+@models.command("prepare")
+@click.argument("names", nargs=-1)
+def models_prepare(names: tuple[str, ...]) -> None:
+    """Assemble NAMES (default: mpnet minilm) and choose this CPU's int8 recipe for each now,
+    instead of in the first `index build` (minutes for MPNet; ./setup.sh runs this)."""
+    from retrieval.embed import text_embedder
+
+    with user_errors():
+        for name in names or ("mpnet", "minilm"):
+            embedder = text_embedder(name, precision="int8")
+            click.echo(f"{name}: {embedder.model_id}")
+
+
+@cli.group()
 def cache() -> None:
     """The embedding cache (safe to delete: vectors are recomputed when needed)."""
 

