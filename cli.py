@@ -149,20 +149,11 @@ def clip_options(command: Any) -> Any:
 
 
 def _clip_for(checkpoint: Path | None, model: str | None, index_path: Path | None = None) -> Any:
-    """The CLIP model a command asked for or, for an index with image vectors, the one it was built
-    with when that file is still there; None when there is neither (text only)."""
-    from retrieval.embed_clip import DEFAULT_MODEL, ClipEmbedder
+    from retrieval.embed_clip import clip_for
+    from retrieval.store import read_manifest
 
-    built: dict[str, Any] = {}
-    if index_path is not None:
-        from retrieval.store import read_manifest
-
-        built = read_manifest(index_path).get("image", {}).get("embedder", {})
-    if checkpoint is None and built.get("checkpoint") and Path(built["checkpoint"]).is_file():
-        checkpoint = Path(built["checkpoint"])
-    if checkpoint is None:
-        return None
-    return ClipEmbedder(model or built.get("model") or DEFAULT_MODEL, checkpoint)
+    built = read_manifest(index_path).get("image", {}).get("embedder", {}) if index_path is not None else None
+    return clip_for(checkpoint, model, built)
 
 
 def _image_source(clip: Any, images: Path | None, offline: bool) -> Any:
@@ -448,11 +439,9 @@ def _filters(
     until: dt.datetime | None,
     min_likes: int | None,
 ) -> Any:
-    from retrieval.reader import Filters
+    from retrieval.reader import Filters, whole_day
 
-    if until is not None and until.time() == dt.time(0):
-        until = until + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
-    return Filters(username=username, company=company, since=since, until=until, min_likes=min_likes)
+    return Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
 
 
 def _cut(text: str, width: int) -> str:
@@ -573,25 +562,16 @@ def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: b
 
 
 def _parse_params(pairs: tuple[str, ...]) -> Any:
-    """PredictConfig with NAME=VALUE overrides, each cast to the type of the field's default."""
-    import dataclasses
-
     from retrieval.predict import PredictConfig
 
-    defaults = PredictConfig()
-    changes: dict[str, Any] = {}
+    overrides = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not hasattr(defaults, name):
-            known = ", ".join(f.name for f in dataclasses.fields(PredictConfig))
-            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE with NAME one of {known}", param_hint="--param")
-        try:
-            changes[name] = type(getattr(defaults, name))(value)
-        except ValueError:
-            raise click.BadParameter(f"{pair!r}: {value!r} is not a number", param_hint="--param") from None
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--param")
+        overrides[name.strip()] = value.strip()
     with user_errors():
-        return dataclasses.replace(defaults, **changes)
+        return PredictConfig.with_overrides(overrides)
 
 
 PARAM_OPTION = click.option(
@@ -717,8 +697,7 @@ def eval_likes_cmd(
     as_json: bool,
 ) -> None:
     """Likes prediction against baselines: CV inside --input, or --index predicting --test."""
-    from retrieval.data import load_tweets
-    from retrieval.evaluate import BASELINES, LIKES_METRICS, cross_validate_likes, evaluate_likes_on_index, scorable
+    from retrieval.evaluate import BASELINES, LIKES_METRICS, likes_cv_on_file, likes_on_index_file
 
     cv_form = input_path is not None and index_path is None and test_path is None
     index_form = input_path is None and index_path is not None and test_path is not None
@@ -732,23 +711,12 @@ def eval_likes_cmd(
     config = _parse_params(params)
     with user_errors():
         if input_path is not None:
-            table = scorable(load_tweets(input_path).table, str(input_path))
-            extra = load_tweets(extra_path, require_text=False).table if extra_path else None
             embedder = _embedder_for(model, batch_size, precision, not no_cache)
-            vectors = embedder.encode(table.column("content").to_pylist())
-            result = cross_validate_likes(
-                table, vectors, extra=extra, folds=folds, seed=seed, config=config, baselines=chosen
+            result = likes_cv_on_file(
+                input_path, embedder, extra=extra_path, folds=folds, seed=seed, config=config, baselines=chosen
             )
-            result["input"] = str(input_path)
         else:
-            from retrieval.search import Searcher
-
-            assert index_path is not None and test_path is not None
-            table = scorable(load_tweets(test_path).table, str(test_path))
-            searcher = Searcher.open(index_path)
-            vectors = searcher.embedder.encode(table.column("content").to_pylist())
-            result = evaluate_likes_on_index(searcher.reader, table, vectors, config=config, baselines=chosen)
-            result["test"] = str(test_path)
+            result = likes_on_index_file(index_path, test_path, config=config, baselines=chosen)
     if as_json:
         _dump(result)
         return

@@ -173,3 +173,17 @@ def save_checkpoint(model: Any, path: str | Path) -> Path:
         torch.save(state, tmp)
     tmp.replace(path)
     return path
+
+
+def clip_for(
+    checkpoint: str | Path | None, model: str | None = None, built: Mapping[str, Any] | None = None
+) -> ClipEmbedder | None:
+    """The CLIP model asked for or, for an index with image vectors (`built`: its manifest's image
+    embedder entry), the one it was built with while that file is still there; None when there is
+    neither, which means text only."""
+    built = built or {}
+    if checkpoint is None and built.get("checkpoint") and Path(built["checkpoint"]).is_file():
+        checkpoint = built["checkpoint"]
+    if checkpoint is None:
+        return None
+    return ClipEmbedder(model or built.get("model") or DEFAULT_MODEL, Path(checkpoint))

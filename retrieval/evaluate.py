@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from scipy.stats import spearmanr
 
 from retrieval import index as fx
 from retrieval import store
+from retrieval.data import load_tweets
+from retrieval.embed import Embedder
 from retrieval.errors import RetrievalError
 from retrieval.predict import Found, GroupStats, IndexHistory, LikesPrediction, PredictConfig, Query, key, predict_likes
 from retrieval.reader import IndexReader
@@ -374,6 +377,40 @@ def cross_validate_likes(
         extra_rows=len(history.values) - n,
         config=asdict(config),
     )
+
+
+def likes_cv_on_file(
+    path: str | Path,
+    embedder: Embedder,
+    *,
+    extra: str | Path | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    config: PredictConfig | None = None,
+    baselines: Sequence[str] = BASELINES,
+) -> dict[str, Any]:
+    """`cross_validate_likes` on a labelled file as a user gives it: its scorable rows embedded,
+    `extra` a file of likes-only rows for the priors."""
+    table = scorable(load_tweets(path).table, str(path))
+    extra_rows = load_tweets(extra, require_text=False).table if extra else None
+    vectors = embedder.encode(table.column("content").to_pylist())
+    result = cross_validate_likes(
+        table, vectors, extra=extra_rows, folds=folds, seed=seed, config=config, baselines=baselines
+    )
+    return {**result, "input": str(path)}
+
+
+def likes_on_index_file(
+    index: str | Path, test: str | Path, *, config: PredictConfig | None = None, baselines: Sequence[str] = BASELINES
+) -> dict[str, Any]:
+    """`evaluate_likes_on_index` for a test file, embedded with the index's own model."""
+    from retrieval.search import Searcher
+
+    table = scorable(load_tweets(test).table, str(test))
+    searcher = Searcher.open(index)
+    vectors = searcher.embedder.encode(table.column("content").to_pylist())
+    result = evaluate_likes_on_index(searcher.reader, table, vectors, config=config, baselines=baselines)
+    return {**result, "test": str(test)}
 
 
 def evaluate_likes_on_index(

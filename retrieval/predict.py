@@ -24,6 +24,7 @@ A `History` gives the neighbours and the sums: `IndexHistory` here (FAISS + Duck
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -70,6 +71,23 @@ class PredictConfig:
     """Share of the neighbour weight given to image neighbours when the tweet has an image (CLIP
     space); the rest goes to text neighbours. Not tuned: no CLIP weights or images were available
     offline to tune it on (docs/images.md)."""
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, str]) -> PredictConfig:
+        """The defaults with NAME -> VALUE text overrides (from a command line or a query string),
+        each cast to the type of its field's default."""
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for raw_name, value in overrides.items():
+            name = raw_name.strip().replace("-", "_")
+            if name not in known:
+                raise RetrievalError(f"{raw_name!r}: not a predictor setting; one of {', '.join(sorted(known))}")
+            try:
+                changes[name] = type(getattr(defaults, name))(value)
+            except ValueError:
+                raise RetrievalError(f"{raw_name}={value!r}: not a number") from None
+        return dataclasses.replace(defaults, **changes)
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_account < 0:

@@ -58,6 +58,13 @@ class Filters:
         return any(v is not None for v in (self.username, self.company, self.since, self.until, self.min_likes))
 
 
+def whole_day(until: dt.datetime | None) -> dt.datetime | None:
+    """An `until` without a time of day (midnight) means to the end of that day, as people mean it."""
+    if until is not None and until.time() == dt.time(0):
+        return until + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    return until
+
+
 SPACES = ("text", "image")
 """The vector sets an index can hold: text (MPNet or MiniLM) and image (CLIP)."""
 

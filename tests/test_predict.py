@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,14 +197,6 @@ def test_cli_predict(likes_index: Path) -> None:
     assert math.isclose(sum(n["weight"] for n in answer["neighbours"]), 1.0, abs_tol=1e-3)
     assert all(n["date"] < "2020-06-01" for n in answer["neighbours"])
     assert answer["interval_80"][0] <= answer["likes"] <= answer["interval_80"][1]
-    assert answer["elapsed_ms"] > 0
-
-
-def test_prediction_answers_well_under_a_second(history: IndexHistory, vectors: np.ndarray) -> None:
-    """Embedding aside (the model's cost), a prediction is two searches and one SQL query."""
-    start = time.perf_counter()
-    predict_likes(history, vectors[:6], [Query("CNN"), Query("nobody"), Query("CNN", date=dt.datetime(2021, 1, 1))] * 2)
-    assert (time.perf_counter() - start) / 6 < 0.5
 
 
 @pytest.mark.parametrize(
@@ -214,6 +205,8 @@ def test_prediction_answers_well_under_a_second(history: IndexHistory, vectors: 
         (["predict", "  ", "--username", "CNN"], "text is empty"),
         (["predict", "hello", "--username", "CNN", "--date", "1999-01-01"], "no tweets with likes before"),
         (["predict", "hello", "--username", "CNN", "--param", "k=0"], "k must be"),
+        (["predict", "hello", "--username", "CNN", "--param", "kk=3"], "'kk': not a predictor setting; one of"),
+        (["predict", "hello", "--username", "CNN", "--param", "k=many"], "k='many': not a number"),
     ],
 )
 def test_cli_predict_bad_input_is_one_line(likes_index: Path, args: list[str], message: str) -> None:
