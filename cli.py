@@ -797,7 +797,7 @@ def generate(
     as_json: bool,
 ) -> None:
     """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
-    from retrieval.generate import Brief, Generator
+    from retrieval.generate import Brief, Generator, image_for_brief
     from retrieval.generate import generate as run_generate
     from retrieval.search import Searcher
 
@@ -812,28 +812,22 @@ def generate(
             click.echo(f"\n[candidate {n + 1}] ", nl=False, err=True)
         click.echo(piece, nl=False, err=True)
 
-    with user_errors():
-        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())  # a bad file fails fast
-        try:
-            clip = _clip_for(clip_checkpoint, clip_model, index_path) if image_path is not None else None
-            searcher = Searcher.open(index_path, clip=clip)
-            image = None
-            if image_path is not None:
-                media, image = _describe_image(searcher, image_path, media)
-            brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
-            found, method = run_generate(
-                searcher,
-                generator,
-                brief,
-                config,
-                candidates=candidates,
-                on_token=show if stream else None,
-                image=image,
-            )
-            if stream:
-                click.echo(err=True)
-        finally:
-            generator.close()
+    # the model first: a bad file fails before the index and CLIP load
+    with user_errors(), Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads()) as generator:
+        clip = _clip_for(clip_checkpoint, clip_model, index_path) if image_path is not None else None
+        searcher = Searcher.open(index_path, clip=clip)
+        image = None
+        if image_path is not None:
+            described, image = image_for_brief(searcher, _load_image(image_path), media)
+            if described != media:
+                click.echo(f"media: {described}", err=True)
+            media = described
+        brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
+        found, method = run_generate(
+            searcher, generator, brief, config, candidates=candidates, on_token=show if stream else None, image=image
+        )
+        if stream:
+            click.echo(err=True)
     if as_json:
         _dump({"model": generator.name, "ranked_by": method, "candidates": [c.to_json() for c in found]})
         return
@@ -854,21 +848,6 @@ def generate(
             click.echo(head + _cut(e.content, width - len(head)))
     else:
         click.echo("\nno past tweets found: generated from the brief alone")
-
-
-def _describe_image(searcher: Any, image_path: str, media: str) -> tuple[str, Any]:
-    """The picture in words (CLIP zero-shot labels) unless --media says it, and its CLIP vector
-    when the index has image vectors to find neighbours with."""
-    from retrieval.describe import MediaDescriber
-
-    if searcher.clip is None:
-        raise RetrievalError("--image needs the CLIP model: give --clip-checkpoint PATH")
-    picture = _load_image(image_path)
-    if not media.strip():
-        media = MediaDescriber(searcher.clip).describe(picture)
-        click.echo(f"media: {media}", err=True)
-    image = searcher.image_vector(picture) if searcher.reader.has_vectors("image") else None
-    return media, image
 
 
 @evaluate.command("generate")
@@ -903,12 +882,8 @@ def eval_generate_cmd(
 
     with user_errors():
         rows = load_rows(input_path, limit, offset=offset)
-        generator = Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads())
-        try:
-            searcher = Searcher.open(index_path)
-            result = eval_generation(searcher, generator, rows, config, progress=progress)
-        finally:
-            generator.close()
+        with Generator(model_path, max_ctx=config.max_ctx, n_threads=_root_threads()) as generator:
+            result = eval_generation(Searcher.open(index_path), generator, rows, config, progress=progress)
     result["input"] = str(input_path)
     if as_json:
         _dump(result)

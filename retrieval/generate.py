@@ -27,6 +27,8 @@ from retrieval.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
 from retrieval.reader import Filters
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from retrieval.search import Hit, Searcher
 
 log = logging.getLogger(__name__)
@@ -372,3 +374,16 @@ def generate(
 
 def _with_company(searcher: Searcher, brief: Brief) -> Brief:
     return dataclasses.replace(brief, company=account_company(searcher, brief.username))
+
+
+def image_for_brief(searcher: Searcher, picture: Image.Image, media: str = "") -> tuple[str, np.ndarray | None]:
+    """The picture in words (CLIP zero-shot labels) unless `media` already says it, and its CLIP
+    vector when the index has image vectors to find exemplars with."""
+    from retrieval.describe import MediaDescriber
+
+    if searcher.clip is None:
+        raise RetrievalError("describing an image needs the CLIP model", hint="clip_checkpoint")
+    if not media.strip():
+        media = MediaDescriber(searcher.clip).describe(picture)
+    vector = searcher.image_vector(picture) if searcher.reader.has_vectors("image") else None
+    return media, vector

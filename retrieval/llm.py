@@ -179,3 +179,9 @@ class Generator:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
