@@ -109,7 +109,7 @@ class IndexReader:
         self.manifest = read_manifest(self.path)
         store.check(self.path, self.manifest, full=check)
         try:
-            self.con = duckdb.connect(str(self.path / "meta.duckdb"), read_only=True)
+            self.con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
         self.sets = {"text": VectorSet("text", self.manifest, _to_gpu(open_shards(self.path, self.manifest)))}

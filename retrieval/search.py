@@ -35,6 +35,14 @@ class Hit:
         return {"rank": self.rank, "score": round(self.score, 4), **tweet}
 
 
+def open_index(
+    path: str | Path, *, embedder: Embedder | None = None, clip: ClipEmbedder | None = None, check: bool = False
+) -> Searcher:
+    """An index opened for queries with the models it was built with (the text model loads on
+    first use); `check` hashes every file first instead of only the changed ones."""
+    return Searcher.open(path, embedder, clip=clip, check=check)
+
+
 class Searcher:
     """An index plus the models it was built with; queries go through the same models.
 

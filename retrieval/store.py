@@ -107,6 +107,20 @@ def _write_shard(folder: Path, prefix: str, number: int, shard: faiss.Index, fir
     return {"file": name, "first_id": first_id, "rows": int(shard.ntotal), "sha256": sha256(folder / name)}
 
 
+def open_meta(path: Path) -> duckdb.DuckDBPyConnection:
+    """meta.duckdb of the index at `path`, read-only, as the file is now. Attached to a fresh
+    in-memory database rather than connected by path: DuckDB hands a process that already has
+    a file open the same database again, which after a publish is the old file."""
+    con = duckdb.connect()
+    try:
+        con.execute("ATTACH ? AS meta (READ_ONLY)", [str(Path(path) / "meta.duckdb")])
+        con.execute("USE meta")
+    except duckdb.Error:
+        con.close()
+        raise
+    return con
+
+
 def _write_faiss(index: faiss.Index, file: Path) -> None:
     """faiss reports a failed write (a full disk) as RuntimeError; make it the OSError it is."""
     try:
@@ -420,7 +434,7 @@ def verify(path: Path) -> list[str]:
     problems = damaged_files(path, manifest["files"], full=True)
     damaged = {p.split(":")[0] for p in problems}
     try:
-        with duckdb.connect(str(path / "meta.duckdb"), read_only=True) as con:
+        with open_meta(path) as con:
             problems += _verify_table(con, int(manifest["next_id"]))
             text_rows = "SELECT count(*) FROM tweets WHERE has_vector AND vec_id >= ? AND vec_id < ?"
             problems += _verify_set(

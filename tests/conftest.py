@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,29 @@ BEHAVIOUR = SHARED_DATA / "adobe_behaviour_test_time.parquet"
 CONTENT = SHARED_DATA / "adobe_content_test_time.parquet"
 LABELLED = SHARED_DATA / "adobe_labelled.parquet"
 
+
+HASH_EMBEDDER = textwrap.dedent(
+    """
+    import hashlib
+    import numpy as np
+
+    class HashEmbedder:
+        '''A vector from each text's hash: deterministic, no model, so the tests (and the
+        subprocesses they start) that are not about embedding run fast; equal texts, equal vectors.'''
+
+        name = "hash"
+        dim = 16
+
+        def encode(self, texts, *, progress=False):
+            rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], np.uint8) for t in texts]
+            x = np.array(rows, dtype=np.float32).reshape(-1, 16) - 127.5
+            return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-6)
+    """
+)
+"""Source of the fake embedder, for tests that start subprocesses."""
+_namespace: dict = {}
+exec(HASH_EMBEDDER, _namespace)
+HashEmbedder = _namespace["HashEmbedder"]
 
 USER_MODELS = Path(os.environ.get("RETRIEVAL_HOME") or Path.home() / ".cache" / "retrieval") / "models"
 """The models ./setup.sh prepared (`cli.py models prepare`): MPNet assembled, int8 models for this CPU."""

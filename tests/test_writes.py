@@ -18,7 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import BEHAVIOUR
+from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
 
 from cli import cli
 from retrieval import folder, store
@@ -27,27 +27,6 @@ from retrieval.errors import IndexCorrupt, IndexLocked, RetrievalError
 from retrieval.reader import IndexReader
 
 ROOT = Path(__file__).resolve().parents[1]
-
-HASH_EMBEDDER = textwrap.dedent(
-    """
-    import hashlib
-    import numpy as np
-
-    class HashEmbedder:
-        '''A vector from each text's hash: deterministic, no model, so a subprocess starts fast.'''
-
-        name = "hash"
-        dim = 16
-
-        def encode(self, texts, *, progress=False):
-            rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], np.uint8) for t in texts]
-            x = np.array(rows, dtype=np.float32).reshape(-1, 16) - 127.5
-            return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-6)
-    """
-)
-namespace: dict = {}
-exec(HASH_EMBEDDER, namespace)
-HashEmbedder = namespace["HashEmbedder"]
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +305,13 @@ def test_a_format_1_index_opens_is_verified_and_upgraded_by_add(index: Path, par
     assert sorted([*upgraded["files"], "manifest.json"]) == _index_files(index)
     _flip(index / "shards" / "0000.faiss")
     assert store.verify(index) == ["shards/0000.faiss: checksum differs from the manifest"]
+
+
+def test_a_reader_opened_after_an_add_sees_it_while_an_older_one_is_still_open(index: Path, parts: list[Path]) -> None:
+    """A server keeps an index open while `index add` publishes; reopening must give the new
+    version, not the file DuckDB already has open (it hands the same database back by path)."""
+    with IndexReader(index) as old:
+        add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
+        with IndexReader(index) as new:
+            assert (old.stats()["rows"], new.stats()["rows"]) == (500, 600)
+        assert store.verify(index) == []
