@@ -7,7 +7,7 @@ The public API, what the CLI (and the HTTP server to come) call:
     report = build_index("tweets.parquet", "indexes/brand")   # add_to_index(...) appends
     print(report.summary())
     searcher = open_index("indexes/brand")
-    for hit in searcher.similar("a new product launch", k=5, filters=Filters(username="Adobe")):
+    for hit in searcher.similar("race day on the track", k=5, filters=Filters(username="redbullracing")):
         print(hit.rank, round(hit.score, 3), hit.tweet["content"])
 
 Names load on first use, so `import retrieval` stays cheap.
