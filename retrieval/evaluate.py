@@ -451,19 +451,6 @@ def evaluate_likes_on_index(
 
 def _index_arrays(reader: IndexReader) -> ArrayHistory:
     """The index's rows with likes as an ArrayHistory, vectors reconstructed from the shards."""
-    table = reader.con.sql(
-        "SELECT date, username, company, likes, CASE WHEN has_vector THEN content END AS content, vec_id"
-        " FROM tweets WHERE likes IS NOT NULL ORDER BY vec_id"
-    ).to_arrow_table()
+    table = reader.rows_with_likes()
     ids = table.column("vec_id").to_numpy()[np.asarray(table.column("content").is_valid(), dtype=bool)]
-    shards = sorted(reader.shards, key=lambda s: s.first_id)
-    owner = np.searchsorted([s.first_id for s in shards], ids, side="right") - 1
-    vectors = np.zeros((len(ids), reader.embedder["dim"]), dtype=np.float32)
-    for number, shard in enumerate(shards):
-        if not (rows := np.flatnonzero(owner == number)).size:
-            continue
-        try:
-            vectors[rows] = shard.index.reconstruct_n(0, shard.index.ntotal)[ids[rows] - shard.first_id]
-        except RuntimeError as e:
-            raise RetrievalError(f"{reader.path}: cannot read vectors back for the gbm baseline ({e})") from None
-    return ArrayHistory(table, vectors)
+    return ArrayHistory(table, reader.text_vectors(ids))

@@ -46,11 +46,6 @@ def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[st
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _hidden_ids(searcher: Searcher, content: str) -> frozenset[int]:
-    found = searcher.reader.con.execute("SELECT vec_id FROM tweets WHERE content = ?", [content]).fetchall()
-    return frozenset(r[0] for r in found)
-
-
 def eval_generation(
     searcher: Searcher,
     generator: Generator,
@@ -85,7 +80,7 @@ def eval_generation(
     seconds["retrieval"] += time.perf_counter() - start
     for done, (row, brief) in enumerate(zip(rows, briefs), 1):
         start = time.perf_counter()
-        hidden = _hidden_ids(searcher, row["content"])
+        hidden = searcher.reader.vec_ids_with_text(row["content"])
         exemplars = find_exemplars(searcher, brief, config, vector=vectors[brief.query_text()][None], exclude=hidden)
         seconds["retrieval"] += time.perf_counter() - start
         no_exemplar += not exemplars

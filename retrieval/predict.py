@@ -387,10 +387,7 @@ class IndexHistory:
 
     def __init__(self, reader: IndexReader) -> None:
         self.reader = reader
-        (count, first, last) = reader.con.execute(
-            "SELECT count(likes), min(date) FILTER (likes IS NOT NULL), max(date) FILTER (likes IS NOT NULL)"
-            " FROM tweets"
-        ).fetchone()
+        (count, first, last) = reader.likes_span()
         if not count:
             raise RetrievalError(f"{reader.path}: the index holds no tweets with likes, so it cannot predict them")
         self.first_date: dt.datetime | None = first
@@ -442,12 +439,7 @@ class IndexHistory:
 
     def stats(self, cutoff: dt.datetime | None) -> GroupStats:
         if cutoff not in self._stats:
-            where, params = ("AND date < ?", [cutoff]) if cutoff else ("", [])
-            groups = self.reader.con.execute(
-                "SELECT lower(username), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
-                f" FROM tweets WHERE likes IS NOT NULL {where} GROUP BY 1, 2",
-                params,
-            ).fetchall()
+            groups = self.reader.likes_by_group(cutoff)
             if len(self._stats) >= _STATS_CACHE:
                 self._stats.clear()
             self._stats[cutoff] = GroupStats.from_groups(groups, self.account_company)

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from retrieval import index as fx
 from retrieval import store
@@ -248,6 +249,52 @@ class IndexReader:
             " QUALIFY row_number() OVER (PARTITION BY u ORDER BY n DESC, c) = 1"
         ).fetchall()
         return dict(rows)
+
+    def likes_span(self) -> tuple[int, dt.datetime | None, dt.datetime | None]:
+        """How many rows have likes, and the first and last date among them."""
+        (count, first, last) = self.con.execute(
+            "SELECT count(likes), min(date) FILTER (likes IS NOT NULL), max(date) FILTER (likes IS NOT NULL)"
+            " FROM tweets"
+        ).fetchone()
+        return int(count), first, last
+
+    def likes_by_group(self, before: dt.datetime | None = None) -> list[tuple[Any, ...]]:
+        """(account, company, n, sum of log1p(likes), sum of its squares) per lower-cased account
+        and company, over rows with likes dated before `before` (all when None)."""
+        where, params = ("AND date < ?", [before]) if before else ("", [])
+        return self.con.execute(
+            "SELECT lower(username), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
+            f" FROM tweets WHERE likes IS NOT NULL {where} GROUP BY 1, 2",
+            params,
+        ).fetchall()
+
+    def rows_with_likes(self) -> pa.Table:
+        """date, username, company, likes, content (null for metadata-only rows) and vec_id of
+        every row with likes, by vec_id."""
+        return self.con.sql(
+            "SELECT date, username, company, likes, CASE WHEN has_vector THEN content END AS content, vec_id"
+            " FROM tweets WHERE likes IS NOT NULL ORDER BY vec_id"
+        ).to_arrow_table()
+
+    def vec_ids_with_text(self, content: str) -> frozenset[int]:
+        """The rows whose text is exactly `content`."""
+        found = self.con.execute("SELECT vec_id FROM tweets WHERE content = ?", [content]).fetchall()
+        return frozenset(r[0] for r in found)
+
+    def text_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored text vectors of `ids`, read back from the shards (decoded codes for a
+        compressed index)."""
+        shards = sorted(self.shards, key=lambda s: s.first_id)
+        owner = np.searchsorted([s.first_id for s in shards], ids, side="right") - 1
+        vectors = np.zeros((len(ids), self.embedder["dim"]), dtype=np.float32)
+        for number, shard in enumerate(shards):
+            if not (rows := np.flatnonzero(owner == number)).size:
+                continue
+            try:
+                vectors[rows] = shard.index.reconstruct_n(0, shard.index.ntotal)[ids[rows] - shard.first_id]
+            except RuntimeError as e:
+                raise RetrievalError(f"{self.path}: cannot read vectors back ({e})") from None
+        return vectors
 
     def stats(self) -> dict[str, Any]:
         (rows, vectors, accounts, companies, first, last, with_likes) = self.con.execute(
