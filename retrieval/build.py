@@ -16,13 +16,14 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from retrieval import store
-from retrieval.data import TWEET_SCHEMA, LoadResult, Reject, load_tweets, write_rejects
+from retrieval.data import LoadResult, Reject, load_tweets, write_rejects
 from retrieval.embed import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
 from retrieval.embed_cache import CachedEmbedder
 from retrieval.errors import DataError, RetrievalError
 from retrieval.folder import writer
 from retrieval.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.reader import IndexReader
+from retrieval.schema import TWEET_SCHEMA
 from retrieval.store import ImageVectors
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.errors import DataError
+from retrieval.schema import TWEET_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +42,6 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "likes": ("likes", "like_count"),
     "media": ("media",),
 }
-
-# date is naive UTC; media is JSON text: [{"kind": "photo"|"video"|"gif", "url", "thumbnail"}].
-TWEET_SCHEMA = pa.schema(
-    [
-        ("row", pa.int64()),
-        ("tweet_id", pa.int64()),
-        ("date", pa.timestamp("us")),
-        ("username", pa.string()),
-        ("company", pa.string()),
-        ("likes", pa.int64()),
-        ("content", pa.string()),
-        ("media", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)

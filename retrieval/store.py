@@ -27,6 +27,7 @@ import pyarrow as pa
 from retrieval import index as fx
 from retrieval.errors import IndexCorrupt, IndexNotFound, RetrievalError
 from retrieval.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
+from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,6 @@ TRUTH_K = 10
 IMAGE_PREFIX = "image/"
 """Where the image vector set keeps its trained index, shards and recall sample."""
 
-TABLE_SQL = """
-CREATE TABLE tweets (
-    vec_id BIGINT PRIMARY KEY,
-    has_vector BOOLEAN NOT NULL,
-    tweet_id BIGINT,
-    date TIMESTAMP,
-    username VARCHAR,
-    company VARCHAR,
-    likes BIGINT,
-    content VARCHAR,
-    media VARCHAR,
-    source VARCHAR,
-    "row" BIGINT
-)"""
 IMAGE_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS image_vectors (
     pos BIGINT PRIMARY KEY,
@@ -63,19 +50,7 @@ CREATE TABLE IF NOT EXISTS missing_media (
     source VARCHAR,
     problem VARCHAR
 )"""
-COLUMNS = (
-    "vec_id",
-    "has_vector",
-    "tweet_id",
-    "date",
-    "username",
-    "company",
-    "likes",
-    "content",
-    "media",
-    "source",
-    "row",
-)
+COLUMNS = tuple(INDEX_SCHEMA.names)
 SELECT_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 
@@ -139,7 +114,7 @@ def _write_table(
     rows = rows.append_column("source", pa.array([source] * n, pa.string()))
     with duckdb.connect(str(folder / "meta.duckdb")) as con:
         if fresh:
-            con.execute(TABLE_SQL)
+            con.execute(TWEETS_TABLE_SQL)
         con.register("incoming", rows)
         con.execute(f"INSERT INTO tweets SELECT {SELECT_COLUMNS} FROM incoming")
 

@@ -19,8 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval.data import TWEET_SCHEMA, LoadResult, Reject, load_tweets, parse_media, write_rejects
+from retrieval.data import LoadResult, Reject, load_tweets, parse_media, write_rejects
 from retrieval.errors import DataError
+from retrieval.schema import TWEET_SCHEMA
 
 DATA = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 BEHAVIOUR = DATA / "adobe_behaviour_test_time.parquet"
