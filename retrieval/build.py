@@ -168,7 +168,7 @@ def load_image_folder(folder: Path) -> LoadResult:
     built; a file named by a number keeps it as the tweet id."""
     paths = images_in_folder(folder)
     if not paths:
-        raise DataError(f"{folder}: no image files (.jpg, .png, .webp, .gif, ...) in this folder")
+        raise DataError(f"{folder}: a folder without images (.jpg, .png, .webp, .gif, ...); give a tweet file")
     media = [json.dumps([{"kind": "photo", "url": str(p.resolve()), "thumbnail": None}]) for p in paths]
     columns: dict[str, list[Any]] = {name: [None] * len(paths) for name in TWEET_SCHEMA.names}
     columns.update(
@@ -213,11 +213,9 @@ def build_index(
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
     source, out = Path(source), Path(out)
     if source.is_dir():
-        if not images_in_folder(source):
-            raise DataError(f"{source}: a folder without images (.jpg, .png, .webp, .gif, ...); give a tweet file")
+        loaded, text = load_image_folder(source), False  # an empty folder fails here, before the CLIP check
         if images is None:
             raise RetrievalError(f"{source}: a folder of images needs a CLIP model", hint="clip_checkpoint")
-        loaded, text = load_image_folder(source), False
     else:
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
     if text:

@@ -147,7 +147,7 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[Batch]:
         rows = csv.reader(file)
         names = next(rows, [])
         yield {name: [] for name in names}
-        records: list[list[str] | tuple[str, str]] = []
+        records: list[dict[str, Any] | tuple[str, str]] = []
         line = rows.line_num
         while True:
             try:
@@ -162,7 +162,7 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[Batch]:
                 problem = f"malformed CSV row at line {line + 1}: {len(fields)} fields, the header has {len(names)}"
                 records.append((problem, ",".join(fields)))
             elif fields:
-                records.append(fields)
+                records.append(dict(zip(names, fields)))
             line = rows.line_num
             if len(records) == _BATCH_ROWS:
                 yield _records_batch(names, records)
@@ -171,11 +171,10 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[Batch]:
             yield _records_batch(names, records)
 
 
-def _records_batch(names: list[str], records: list[list[Any] | tuple[str, str]]) -> Batch:
-    """Columns of the good records, None where a record is bad, and BAD saying why."""
-    good = [r if isinstance(r, list) else None for r in records]
-    batch: Batch = {name: [r[i] if r is not None else None for r in good] for i, name in enumerate(names)}
-    batch[BAD] = [None if isinstance(r, list) else r for r in records]
+def _records_batch(names: Iterable[str], records: Sequence[dict[str, Any] | tuple[str, str]]) -> Batch:
+    """Columns of the good records (dicts), None where a record is bad, and BAD saying why."""
+    batch: Batch = {name: [r.get(name) if isinstance(r, dict) else None for r in records] for name in names}
+    batch[BAD] = [None if isinstance(r, dict) else r for r in records]
     return batch
 
 
@@ -209,9 +208,7 @@ def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[Batch]:
             names.update(dict.fromkeys(record))
     yield {name: [] for name in names}
     for chunk in _chunks(_jsonl_records(path)):
-        batch: Batch = {name: [r.get(name) if isinstance(r, dict) else None for r in chunk] for name in names}
-        batch[BAD] = [None if isinstance(r, dict) else r for r in chunk]
-        yield batch
+        yield _records_batch(names, chunk)
 
 
 def _read_xlsx(path: Path, encoding: str | None = None) -> Iterator[Batch]:
@@ -288,9 +285,7 @@ def _to_datetime(value: Any, units: set[str]) -> datetime | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None if math.isnan(value) else _from_epoch(value, units)
-        return _from_epoch(value, units)
+        return None if isinstance(value, float) and math.isnan(value) else _from_epoch(value, units)
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip())  # ISO 8601, "YYYY-MM-DD HH:MM:SS", "Z", offsets
     elif not isinstance(value, datetime):

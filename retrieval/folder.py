@@ -160,21 +160,22 @@ def file_entries(folder: Path, known: dict[str, Any] | None = None) -> dict[str,
     return entries
 
 
-def damaged_files(folder: Path, entries: dict[str, dict[str, Any]], *, full: bool) -> list[str]:
+def damaged_files(folder: Path, entries: dict[str, dict[str, Any]], *, full: bool) -> dict[str, str]:
     """What differs from the manifest's file list. Without `full`, only files whose size or
     mtime changed are hashed: a write into a file changes its mtime, so this is cheap and
-    still catches it; `full` hashes everything, for damage that left the mtime alone."""
-    problems = []
+    still catches it; `full` hashes everything, for damage that left the mtime alone.
+    Returns what is wrong with each damaged file, by its name in the folder."""
+    problems = {}
     for name, entry in entries.items():
         file = folder / name
         try:
             stat = file.stat()
         except FileNotFoundError:
-            problems.append(f"{name}: missing")
+            problems[name] = "missing"
             continue
         changed = entry["mtime_ns"] is not None and stat.st_mtime_ns != entry["mtime_ns"]  # None: not recorded
         if entry["bytes"] is not None and stat.st_size != entry["bytes"]:
-            problems.append(f"{name}: {stat.st_size} bytes, the manifest says {entry['bytes']}")
+            problems[name] = f"{stat.st_size} bytes, the manifest says {entry['bytes']}"
         elif (full or changed) and sha256(file) != entry["sha256"]:
-            problems.append(f"{name}: checksum differs from the manifest")
+            problems[name] = "checksum differs from the manifest"
     return problems

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,7 @@ def add(
 ) -> dict[str, Any]:
     """Append rows as one new shard per vector set, cloned from the trained empty index: no retraining."""
     manifest = read_manifest(path)
-    if problems := damaged_files(Path(path), manifest["files"], full=False):
-        raise IndexCorrupt(f"{path}: damaged ({problems[0]}); nothing was added", hint="verify", value=str(path))
+    check(path, manifest)
     if images is not None and len(images.vectors) and "image" not in manifest:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP checkpoint")
     table, has_vector, where = _order_vectors_first(table, has_vector)
@@ -331,7 +331,6 @@ def _link_copy(path: Path, tmp: Path) -> None:
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Last step of a write: list every file with its checksum, then checksum the manifest itself."""
     manifest["files"] = file_entries(folder, manifest.get("files"))
-    manifest.pop("manifest_sha256", None)
     manifest["manifest_sha256"] = _self_checksum(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -377,9 +376,10 @@ def _from_format_1(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def check(path: Path, manifest: dict[str, Any], *, full: bool = False) -> None:
     """Raise IndexCorrupt, in one line, when a file of the index differs from its manifest."""
-    if problems := damaged_files(Path(path), manifest["files"], full=full):
-        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-        raise IndexCorrupt(f"{path}: damaged: {problems[0]}{more}", hint="verify", value=str(path))
+    if damaged := damaged_files(Path(path), manifest["files"], full=full):
+        name, problem = next(iter(damaged.items()))
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        raise IndexCorrupt(f"{path}: damaged: {name}: {problem}{more}", hint="verify", value=str(path))
 
 
 def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[fx.Shard]:
@@ -406,8 +406,8 @@ def verify(path: Path) -> list[str]:
     with the rows and ids the manifest promises, and a row for every FAISS id."""
     path = Path(path)
     manifest = read_manifest(path)
-    problems = damaged_files(path, manifest["files"], full=True)
-    damaged = {p.split(":")[0] for p in problems}
+    damaged = damaged_files(path, manifest["files"], full=True)
+    problems = [f"{name}: {problem}" for name, problem in damaged.items()]
     try:
         with open_meta(path) as con:
             problems += _verify_table(con, int(manifest["next_id"]))
@@ -444,9 +444,10 @@ def _verify_set(
     con: duckdb.DuckDBPyConnection,
     in_range: str,
     total: str,
-    damaged: set[str],
+    damaged: Mapping[str, str],
 ) -> list[str]:
-    """Counts of one vector set; `in_range` counts the rows a shard's ids must have."""
+    """Counts of one vector set; `in_range` counts the rows a shard's ids must have; the shards in
+    `damaged` (file -> problem) are not read."""
     problems = []
     for entry in section["shards"]:
         if entry["file"] in damaged:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
+from conftest import HASH_EMBEDDER
 
 from cli import cli
 from retrieval.embed_cache import CachedEmbedder, cache_info
@@ -66,21 +68,17 @@ def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    script = """
-import sys, hashlib
-import numpy as np
-from pathlib import Path
-from retrieval import embed_cache
-embed_cache.STORE_EVERY = 7
-class Fake:
-    name, dim = "fake", 4
-    def encode(self, texts, *, progress=False):
-        return np.array([np.frombuffer(hashlib.sha1(t.encode()).digest()[:4], np.uint8) for t in texts], np.float32)
-start = int(sys.argv[2])
-cached = embed_cache.CachedEmbedder(Fake(), "fake", Path(sys.argv[1]))
-cached.encode([f"text {i}" for i in range(start, start + 300)])
-print(cached.misses)
-"""
+    script = HASH_EMBEDDER + textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from retrieval import embed_cache
+        embed_cache.STORE_EVERY = 7
+        start = int(sys.argv[2])
+        cached = embed_cache.CachedEmbedder(HashEmbedder(), "hash", Path(sys.argv[1]))
+        cached.encode([f"text {i}" for i in range(start, start + 300)])
+        """
+    )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     procs = [
