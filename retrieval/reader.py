@@ -21,6 +21,8 @@ from retrieval.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
 
 log = logging.getLogger(__name__)
 
+OPEN_ATTEMPTS = 3
+"""Opens tried while writers keep publishing, before a mismatch is reported as damage."""
 IMAGES_PER_TWEET = 4
 """Image hits asked per wanted tweet: a tweet has up to four images, and counts once."""
 
@@ -105,9 +107,23 @@ class IndexReader:
     """Read-only view of an index folder; cheap to open (shards are memory-mapped)."""
 
     def __init__(self, path: str | Path, *, check: bool = False) -> None:
-        """`check` hashes every file; without it only files whose size or mtime changed are hashed."""
+        """`check` hashes every file; without it only files whose size or mtime changed are hashed.
+
+        A writer may publish while this opens: then the files are the next version's and do not
+        match the manifest read first. That is not damage, and the open starts over on the new one."""
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        for attempt in range(OPEN_ATTEMPTS):
+            manifest = read_manifest(self.path)
+            try:
+                self._open(manifest, check)
+                return
+            except IndexCorrupt:
+                if attempt == OPEN_ATTEMPTS - 1 or read_manifest(self.path) == manifest:
+                    raise
+                log.info("%s was published again while it opened; opening the new version", self.path)
+
+    def _open(self, manifest: dict[str, Any], check: bool) -> None:
+        self.manifest = manifest
         store.check(self.path, self.manifest, full=check)
         try:
             self.con = store.open_meta(self.path)

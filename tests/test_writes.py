@@ -315,3 +315,23 @@ def test_a_reader_opened_after_an_add_sees_it_while_an_older_one_is_still_open(i
         with IndexReader(index) as new:
             assert (old.stats()["rows"], new.stats()["rows"]) == (500, 600)
         assert store.verify(index) == []
+
+
+def test_a_publish_during_an_open_is_not_taken_for_damage(
+    index: Path, parts: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader read the manifest, then an add published, then it checked the files: they are
+    the new version's. It opens the new version instead of reporting damage."""
+    real_check = store.check
+    calls = []
+
+    def publish_first(path: Path, manifest: dict, *, full: bool = False) -> None:
+        calls.append(manifest["version"])
+        if len(calls) == 1:
+            add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
+        real_check(path, manifest, full=full)
+
+    monkeypatch.setattr(store, "check", publish_first)
+    with IndexReader(index) as reader:
+        assert reader.manifest["version"] == 2 and reader.stats()["rows"] == 600
+    assert (calls[0], calls[-1]) == (1, 2), "the open checked the stale manifest first, then the new one"
