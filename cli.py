@@ -38,7 +38,7 @@ HINTS = {
 }
 """How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
 SPACES = ("text", "image")
-"""The vector sets of an index (retrieval.reader.SPACES), named the same in every command."""
+"""The vector sets of an index (retrieval.index.reader.SPACES), named the same in every command."""
 DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
@@ -111,8 +111,8 @@ def index() -> None:
 
 def _embedder_for(model: str, batch_size: int, precision: str | None, cache: bool) -> Any:
     """The model, wrapped in the embedding cache unless --no-cache: a text is embedded once."""
-    from retrieval.embed import text_embedder
-    from retrieval.embed_cache import CachedEmbedder
+    from retrieval.embed.cache import CachedEmbedder
+    from retrieval.embed.text import text_embedder
 
     embedder = text_embedder(model, precision=precision, batch_size=batch_size, threads=_root_threads())  # type: ignore[arg-type]
     return CachedEmbedder(embedder, embedder.model_id) if cache else embedder
@@ -149,16 +149,16 @@ def clip_options(command: Any) -> Any:
 
 
 def _clip_for(checkpoint: Path | None, model: str | None, index_path: Path | None = None) -> Any:
-    from retrieval.embed_clip import clip_for
-    from retrieval.store import read_manifest
+    from retrieval.embed.clip import clip_for
+    from retrieval.index.store import read_manifest
 
     built = read_manifest(index_path).get("image", {}).get("embedder", {}) if index_path is not None else None
     return clip_for(checkpoint, model, built)
 
 
 def _image_source(clip: Any, images: Path | None, offline: bool) -> Any:
-    from retrieval.build import ImageSource
-    from retrieval.media import MediaFetcher
+    from retrieval.io.media import MediaFetcher
+    from retrieval.pipeline.build import ImageSource
 
     if clip is None:
         if images is not None:
@@ -249,7 +249,7 @@ def index_build(
 
     Text vectors (MPNet by default) always, unless --no-text; CLIP image vectors of the tweets'
     media (or of the folder's images) when --clip-checkpoint is given."""
-    from retrieval.build import build_index
+    from retrieval.pipeline.build import build_index
 
     out = out or Path("indexes") / source.stem
     text = not no_text and not source.is_dir()
@@ -308,9 +308,9 @@ def index_add(
     no_wait: bool,
 ) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
-    from retrieval.build import add_to_index
-    from retrieval.embed import index_precision
-    from retrieval.store import read_manifest
+    from retrieval.embed.text import index_precision
+    from retrieval.index.store import read_manifest
+    from retrieval.pipeline.build import add_to_index
 
     with user_errors():
         info = read_manifest(index_path)["embedder"]
@@ -336,7 +336,7 @@ def index_add(
 @click.option("--json", "as_json", is_flag=True)
 def index_info(index_path: Path, as_json: bool) -> None:
     """What the manifest and the metadata table hold."""
-    from retrieval.reader import IndexReader
+    from retrieval.index.reader import IndexReader
 
     with user_errors(), IndexReader(index_path) as reader:
         info = {**reader.manifest, "table": reader.stats()}
@@ -374,7 +374,7 @@ def index_info(index_path: Path, as_json: bool) -> None:
 @INDEX_OPTION
 def index_verify(index_path: Path) -> None:
     """Check shard checksums and that every FAISS id has its metadata row."""
-    from retrieval.store import verify
+    from retrieval.index.store import verify
 
     with user_errors():
         problems = verify(index_path)
@@ -393,7 +393,7 @@ def models() -> None:
 def models_prepare(names: tuple[str, ...]) -> None:
     """Assemble NAMES (default: mpnet minilm) and choose this CPU's int8 recipe for each now,
     instead of in the first `index build` (minutes for MPNet; ./setup.sh runs this)."""
-    from retrieval.embed import text_embedder
+    from retrieval.embed.text import text_embedder
 
     with user_errors():
         for name in names or ("mpnet", "minilm"):
@@ -410,7 +410,7 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cache_info_cmd(as_json: bool) -> None:
     """Where the cache is and how big it has grown, per model and precision."""
-    from retrieval.embed_cache import cache_folder, cache_info
+    from retrieval.embed.cache import cache_folder, cache_info
 
     entries = cache_info()
     if as_json:
@@ -426,7 +426,7 @@ def cache_info_cmd(as_json: bool) -> None:
 @cache.command("clear")
 def cache_clear() -> None:
     """Delete every cached vector."""
-    from retrieval.embed_cache import cache_folder
+    from retrieval.embed.cache import cache_folder
 
     shutil.rmtree(cache_folder(), ignore_errors=True)
     click.echo(f"removed {cache_folder()}")
@@ -439,7 +439,7 @@ def _filters(
     until: dt.datetime | None,
     min_likes: int | None,
 ) -> Any:
-    from retrieval.reader import Filters, whole_day
+    from retrieval.index.reader import Filters, whole_day
 
     return Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
 
@@ -490,7 +490,7 @@ def similar(
     as_json: bool,
 ) -> None:
     """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
     if sum(x is not None for x in (text, tweet_id, image_path)) != 1:
         raise click.UsageError("give one of TEXT, --id or --image")
@@ -529,7 +529,7 @@ def _media_text(media: str | None) -> str:
 
 def _load_image(source: str) -> Any:
     """One query image (file or URL), or a one-line error saying why it cannot be used."""
-    from retrieval.media import MediaFetcher
+    from retrieval.io.media import MediaFetcher
 
     found = MediaFetcher().fetch([source])[0]
     if found.image is None:
@@ -549,8 +549,8 @@ def evaluate() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: bool) -> None:
     """Recall against exact search (1-recall@1, 10-recall@10), ms per query, bytes per vector."""
-    from retrieval.evaluate import eval_search
-    from retrieval.reader import IndexReader
+    from retrieval.evaluation.likes import eval_search
+    from retrieval.index.reader import IndexReader
 
     with user_errors(), IndexReader(index_path) as reader:
         result = eval_search(reader, nprobe=nprobe, space=space)
@@ -562,7 +562,7 @@ def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: b
 
 
 def _parse_params(pairs: tuple[str, ...]) -> Any:
-    from retrieval.predict import PredictConfig
+    from retrieval.tasks.likes.predict import PredictConfig
 
     overrides = {}
     for pair in pairs:
@@ -612,9 +612,9 @@ def predict(
     """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
     import time
 
-    from retrieval.predict import IndexHistory, Query, predict_likes
-    from retrieval.reader import IndexReader
-    from retrieval.search import Searcher
+    from retrieval.index.reader import IndexReader
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.likes.predict import IndexHistory, Query, predict_likes
 
     config = _parse_params(params)
     with user_errors():
@@ -697,7 +697,7 @@ def eval_likes_cmd(
     as_json: bool,
 ) -> None:
     """Likes prediction against baselines: CV inside --input, or --index predicting --test."""
-    from retrieval.evaluate import BASELINES, LIKES_METRICS, likes_cv_on_file, likes_on_index_file
+    from retrieval.evaluation.likes import BASELINES, LIKES_METRICS, likes_cv_on_file, likes_on_index_file
 
     cv_form = input_path is not None and index_path is None and test_path is None
     index_form = input_path is None and index_path is not None and test_path is not None
@@ -738,7 +738,7 @@ GGUF_OPTION = click.option(
 
 
 def _generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int) -> Any:
-    from retrieval.generate import GenerateConfig
+    from retrieval.tasks.generate.rag import GenerateConfig
 
     return GenerateConfig(exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed)
 
@@ -797,9 +797,9 @@ def generate(
     as_json: bool,
 ) -> None:
     """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
-    from retrieval.generate import Brief, Generator, image_for_brief
-    from retrieval.generate import generate as run_generate
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
+    from retrieval.tasks.generate.rag import generate as run_generate
 
     config = _generate_config(exemplars, max_tokens, temperature, seed)
     stream = sys.stderr.isatty()  # tokens stream to stderr, so stdout keeps only the result
@@ -870,9 +870,9 @@ def eval_generate_cmd(
     as_json: bool,
 ) -> None:
     """BLEU-1..4 and ROUGE-L of retrieval only, the model alone and RAG, from metadata alone."""
-    from retrieval.evaluate_generation import SYSTEMS, eval_generation, load_rows
-    from retrieval.generate import Generator
-    from retrieval.search import Searcher
+    from retrieval.evaluation.generation import SYSTEMS, eval_generation, load_rows
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import Generator
 
     config = _generate_config(max(exemplars, 1), max_tokens, temperature, seed)
 

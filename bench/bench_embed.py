@@ -8,7 +8,7 @@ On --n real tweets (adobe_behaviour_test_time), in one run:
   - neighbour agreement: the share of each text's fp32 top-10 that the project's top-10 also holds;
   - the embedding cache: texts/s of a second pass over the same texts;
   - the share of the tweets that a 64- and a 128-token limit would truncate;
-  - with --recipes, every int8 candidate recipe (retrieval/onnx_int8.py: RECIPES) in the same
+  - with --recipes, every int8 candidate recipe (retrieval/embed/int8.py: RECIPES) in the same
     turns, each with its own speed and agreement, whichever one this machine chose.
 The embedders take turns on chunks of --chunk texts (--repeats passes), so that a change in load
 on shared cores hits all of them alike; texts/s is over all their turns.
@@ -32,12 +32,11 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from retrieval import index as fx  # noqa: E402
-from retrieval.cpu import cpu_features, cpu_model  # noqa: E402
-from retrieval.data import load_tweets  # noqa: E402
-from retrieval.embed import default_precision, text_embedder  # noqa: E402
-from retrieval.embed_cache import CachedEmbedder  # noqa: E402
-from retrieval.embed_onnx import (  # noqa: E402
+from retrieval.embed.cache import CachedEmbedder  # noqa: E402
+from retrieval.embed.cpu import cpu_features, cpu_model  # noqa: E402
+from retrieval.embed.int8 import RECIPES, calibrate, quantize_int8  # noqa: E402
+from retrieval.embed.models import model_path  # noqa: E402
+from retrieval.embed.onnx import (  # noqa: E402
     INT8_BLOCK,
     SMOOTHING_ALPHA,
     OnnxEmbedder,
@@ -45,9 +44,10 @@ from retrieval.embed_onnx import (  # noqa: E402
     calibration_feeds,
     onnx_path,
 )
-from retrieval.models import model_path  # noqa: E402
-from retrieval.onnx_int8 import RECIPES, calibrate, quantize_int8  # noqa: E402
-from retrieval.onnx_recipes import Encode, take_turns  # noqa: E402
+from retrieval.embed.recipes import Encode, take_turns  # noqa: E402
+from retrieval.embed.text import default_precision, text_embedder  # noqa: E402
+from retrieval.index import faiss_ops as fx  # noqa: E402
+from retrieval.io.tweets import load_tweets  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"

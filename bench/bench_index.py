@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval import index as fx
+from retrieval.index import faiss_ops as fx
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -34,8 +34,8 @@ def real_vectors(model: str) -> np.ndarray:
     if cache.exists():
         return np.load(cache)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from retrieval.data import load_tweets
-    from retrieval.embed import SentenceEmbedder
+    from retrieval.embed.text import SentenceEmbedder
+    from retrieval.io.tweets import load_tweets
 
     texts = load_tweets(SHARED / "adobe_behaviour_test_time.parquet").table.column("content").to_pylist()
     vectors = SentenceEmbedder(model).encode(texts, progress=True)

@@ -27,10 +27,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval import embed_cache, store  # noqa: E402
-from retrieval.cpu import cpu_features, cpu_model  # noqa: E402
-from retrieval.data import load_tweets  # noqa: E402
-from retrieval.reader import IndexReader  # noqa: E402
+from retrieval.embed import cache as embed_cache  # noqa: E402
+from retrieval.embed.cpu import cpu_features, cpu_model  # noqa: E402
+from retrieval.index import store  # noqa: E402
+from retrieval.index.reader import IndexReader  # noqa: E402
+from retrieval.io.tweets import load_tweets  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BEHAVIOUR = ROOT.parent / "shared" / "data" / "adobe_behaviour_test_time.parquet"

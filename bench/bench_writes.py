@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from retrieval.cpu import cpu_features, cpu_model  # noqa: E402
+from retrieval.embed.cpu import cpu_features, cpu_model  # noqa: E402
 from retrieval.errors import RetrievalError  # noqa: E402
-from retrieval.reader import IndexReader  # noqa: E402
+from retrieval.index.reader import IndexReader  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = ROOT.parent / "shared" / "data"

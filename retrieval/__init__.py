@@ -2,7 +2,11 @@
 
 The public API, what the CLI (and the HTTP server to come) call:
 
-    from retrieval import Filters, build_index, open_index
+    from retrieval import Filters
+
+    from retrieval import build_index
+
+    from retrieval import open_index
 
     report = build_index("tweets.parquet", "indexes/brand")   # add_to_index(...) appends
     print(report.summary())
@@ -21,24 +25,24 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_index": "retrieval.build",
-    "add_to_index": "retrieval.build",
-    "BuildReport": "retrieval.build",
-    "ImageSource": "retrieval.build",
-    "open_index": "retrieval.search",
-    "Searcher": "retrieval.search",
-    "Hit": "retrieval.search",
-    "Filters": "retrieval.reader",
-    "verify": "retrieval.store",
-    "text_embedder": "retrieval.embed",
-    "clip_for": "retrieval.embed_clip",
-    "IndexHistory": "retrieval.predict",
-    "PredictConfig": "retrieval.predict",
-    "Query": "retrieval.predict",
-    "predict_likes": "retrieval.predict",
-    "Brief": "retrieval.generate",
-    "Generator": "retrieval.generate",
-    "generate": "retrieval.generate",
+    "build_index": "retrieval.pipeline.build",
+    "add_to_index": "retrieval.pipeline.build",
+    "BuildReport": "retrieval.pipeline.build",
+    "ImageSource": "retrieval.pipeline.build",
+    "open_index": "retrieval.query.search",
+    "Searcher": "retrieval.query.search",
+    "Hit": "retrieval.query.search",
+    "Filters": "retrieval.index.reader",
+    "verify": "retrieval.index.store",
+    "text_embedder": "retrieval.embed.text",
+    "clip_for": "retrieval.embed.clip",
+    "IndexHistory": "retrieval.tasks.likes.predict",
+    "PredictConfig": "retrieval.tasks.likes.predict",
+    "Query": "retrieval.tasks.likes.predict",
+    "predict_likes": "retrieval.tasks.likes.predict",
+    "Brief": "retrieval.tasks.generate.rag",
+    "Generator": "retrieval.tasks.generate.rag",
+    "generate": "retrieval.tasks.generate.rag",
     "RetrievalError": "retrieval.errors",
 }
 __all__ = sorted(_EXPORTS)

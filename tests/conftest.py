@@ -87,7 +87,7 @@ def sample_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def minilm():
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from retrieval.embed import SentenceEmbedder
+    from retrieval.embed.text import SentenceEmbedder
 
     return SentenceEmbedder("minilm")
 
@@ -104,7 +104,7 @@ def clustered() -> np.ndarray:
 @pytest.fixture(scope="session")
 def minilm_index(tmp_path_factory: pytest.TempPathFactory, sample_parquet: Path, minilm) -> Path:
     """600 real tweets embedded once with MiniLM into an exact index."""
-    from retrieval.build import build_index
+    from retrieval.pipeline.build import build_index
 
     out = tmp_path_factory.mktemp("indexes") / "sample"
     build_index(sample_parquet, out, embedder=minilm, progress=False)
@@ -125,7 +125,7 @@ def clip_random_model():
 @pytest.fixture(scope="session")
 def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory, clip_random_model) -> Path:
     """The random ViT-S-32 saved as .safetensors: what --clip-checkpoint is given in tests."""
-    from retrieval.embed_clip import save_checkpoint
+    from retrieval.embed.clip import save_checkpoint
 
     return save_checkpoint(clip_random_model[0], tmp_path_factory.mktemp("clip") / "vit-s-32.safetensors")
 
@@ -133,7 +133,7 @@ def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory, clip_random_model)
 @pytest.fixture(scope="session")
 def clip_embedder(clip_checkpoint: Path):
     """ClipEmbedder('ViT-S-32') on the CPU, loaded back from `clip_checkpoint`."""
-    from retrieval.embed_clip import ClipEmbedder
+    from retrieval.embed.clip import ClipEmbedder
 
     return ClipEmbedder("ViT-S-32", clip_checkpoint, device="cpu")
 

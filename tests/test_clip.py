@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.describe import MediaDescriber, load_labels
-from retrieval.embed_clip import ClipEmbedder, checkpoint_digest, save_checkpoint
+from retrieval.embed.clip import ClipEmbedder, checkpoint_digest, save_checkpoint
+from retrieval.embed.describe import MediaDescriber, load_labels
 from retrieval.errors import DataError, ModelMissing
 from tests.conftest import make_image
 

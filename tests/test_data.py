@@ -1,4 +1,4 @@
-"""Tests for retrieval.data, on the real tweet files in ../shared/data read in place.
+"""Tests for retrieval.io.tweets, on the real tweet files in ../shared/data read in place.
 
 Small messy variants (CSV, JSON Lines, xlsx, parquet) are derived into tmp_path so the
 same injected bad rows can be checked in every format.
@@ -19,8 +19,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval.data import LoadResult, Reject, load_tweets, parse_media, write_rejects
 from retrieval.errors import DataError
+from retrieval.io.tweets import LoadResult, Reject, load_tweets, parse_media, write_rejects
 from retrieval.schema import TWEET_SCHEMA
 
 DATA = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embed import SentenceEmbedder
+from retrieval.embed.models import assemble_mpnet, model_path
+from retrieval.embed.text import SentenceEmbedder
 from retrieval.errors import ModelMissing, RetrievalError
-from retrieval.models import assemble_mpnet, model_path
 
 
 def test_minilm_vectors_are_normalised_and_deterministic(minilm) -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import HASH_EMBEDDER
 
 from cli import cli
-from retrieval.embed_cache import CachedEmbedder, cache_info
+from retrieval.embed.cache import CachedEmbedder, cache_info
 
 
 class CountingEmbedder:
@@ -72,7 +72,7 @@ def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
         """
         import sys
         from pathlib import Path
-        from retrieval import embed_cache
+        from retrieval.embed import cache as embed_cache
         embed_cache.STORE_EVERY = 7
         start = int(sys.argv[2])
         cached = embed_cache.CachedEmbedder(HashEmbedder(), "hash", Path(sys.argv[1]))
@@ -93,7 +93,7 @@ def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
 
 
 def test_small_segments_are_merged_and_still_found(tmp_path: Path, monkeypatch) -> None:
-    from retrieval import embed_cache
+    from retrieval.embed import cache as embed_cache
 
     monkeypatch.setattr(embed_cache, "STORE_EVERY", 2)
     monkeypatch.setattr(embed_cache, "COMPACT_AT", 4)
@@ -111,7 +111,7 @@ def test_an_old_single_file_cache_is_moved_into_segments(tmp_path: Path) -> None
     import duckdb
     import pyarrow as pa
 
-    from retrieval.embed_cache import text_key
+    from retrieval.embed.cache import text_key
 
     vector = np.arange(8, dtype=np.float32)
     with duckdb.connect(str(tmp_path / "counting-fp32.duckdb")) as con:

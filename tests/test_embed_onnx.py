@@ -15,19 +15,20 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from retrieval import embed_onnx, onnx_recipes
-from retrieval import index as fx
-from retrieval.build import add_to_index, build_index
-from retrieval.check_texts import check_texts
-from retrieval.cpu import cpu_features, cpu_key
-from retrieval.embed import embedder_for_index, index_precision, text_embedder
-from retrieval.embed_onnx import RECIPE, OnnxEmbedder, onnx_path, read_spec
+from retrieval.embed import onnx as embed_onnx
+from retrieval.embed import recipes as onnx_recipes
+from retrieval.embed.check_texts import check_texts
+from retrieval.embed.cpu import cpu_features, cpu_key
+from retrieval.embed.int8 import RECIPES
+from retrieval.embed.models import model_path
+from retrieval.embed.onnx import RECIPE, OnnxEmbedder, onnx_path, read_spec
+from retrieval.embed.recipes import CHECK_BARS, FP32, agreement, measure, read_choice
+from retrieval.embed.text import embedder_for_index, index_precision, text_embedder
 from retrieval.errors import ModelMissing, RetrievalError
-from retrieval.models import model_path
-from retrieval.onnx_int8 import RECIPES
-from retrieval.onnx_recipes import CHECK_BARS, FP32, agreement, measure, read_choice
-from retrieval.search import Searcher
-from retrieval.store import read_manifest
+from retrieval.index import faiss_ops as fx
+from retrieval.index.store import read_manifest
+from retrieval.pipeline.build import add_to_index, build_index
+from retrieval.query.search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,7 +232,7 @@ def test_cli_int8_build_twice_embeds_nothing_the_second_time(sample_parquet: Pat
 
 def test_int8_queries_do_not_import_torch(onnx_int8: OnnxEmbedder) -> None:
     code = (
-        "import sys; from retrieval.embed import text_embedder; "
+        "import sys; from retrieval.embed.text import text_embedder; "
         "e = text_embedder('minilm', precision='int8', device='cpu'); e.encode(['a tweet']); "
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules"
     )
@@ -241,7 +242,7 @@ def test_int8_queries_do_not_import_torch(onnx_int8: OnnxEmbedder) -> None:
 
 @pytest.mark.slow
 def test_mpnet_int8_agrees_with_fp32(tweets: list[str]) -> None:
-    from retrieval.embed import SentenceEmbedder
+    from retrieval.embed.text import SentenceEmbedder
 
     reference = SentenceEmbedder("mpnet", device="cpu", precision="fp32").encode(tweets[:100])
     cos = cosines(OnnxEmbedder("mpnet", precision="int8").encode(tweets[:100]), reference)

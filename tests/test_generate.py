@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from retrieval.errors import ModelMissing
-from retrieval.generate import (
+from retrieval.tasks.generate.postprocess import MAX_CHARS, link_tail, postprocess
+from retrieval.tasks.generate.rag import (
     Brief,
     Exemplar,
     GenerateConfig,
@@ -26,7 +27,6 @@ from retrieval.generate import (
     fit_messages,
     rerank,
 )
-from retrieval.postprocess import MAX_CHARS, link_tail, postprocess
 
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python absent")
 
@@ -115,7 +115,7 @@ def test_postprocess_ends_with_the_links_the_brand_uses_most() -> None:
 
 
 def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm) -> None:
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
     searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
     user, company = searcher.reader.con.execute(
@@ -138,7 +138,7 @@ def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm
 
 
 def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
-    from retrieval.llm import Generator
+    from retrieval.tasks.generate.llm import Generator
 
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python absent")
@@ -151,7 +151,7 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelMissing, match="not a GGUF"):
         Generator(bad)
     truncated = tmp_path / "cut.gguf"
-    from retrieval.llm import default_model_path
+    from retrieval.tasks.generate.llm import default_model_path
 
     truncated.write_bytes(default_model_path().read_bytes()[:100_000])
     with pytest.raises(ModelMissing, match="cannot load"):
@@ -165,7 +165,7 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_default_threads_leaves_busy_cores_to_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrieval import llm
+    from retrieval.tasks.generate import llm
 
     monkeypatch.setattr(llm.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(llm.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
@@ -178,7 +178,7 @@ def test_default_threads_leaves_busy_cores_to_others(monkeypatch: pytest.MonkeyP
 
 @pytest.fixture(scope="module")
 def generator():
-    from retrieval.llm import Generator
+    from retrieval.tasks.generate.llm import Generator
 
     g = Generator(max_ctx=2048, n_threads=2)
     yield g
@@ -187,8 +187,8 @@ def generator():
 
 @needs_llama
 def test_real_model_is_deterministic_and_postprocessed(minilm_index: Path, minilm, generator) -> None:
-    from retrieval.generate import generate
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import generate
 
     searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
     user = searcher.reader.con.execute("SELECT username FROM tweets GROUP BY 1 ORDER BY count(*) DESC").fetchone()[0]
@@ -217,8 +217,8 @@ def test_real_model_stops_at_max_chars(generator) -> None:
 
 
 def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: Path, minilm) -> None:
-    from retrieval.generate import Candidate, rank_candidates
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import Candidate, rank_candidates
 
     class NoEncode:
         name, dim = minilm.name, minilm.dim
@@ -266,7 +266,7 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
         assert 0 <= result[system]["bleu1"] <= 1
     # the tweet itself is hidden: retrieval only never copies the reference verbatim
     assert all(e["retrieval_only"] != e["reference"] for e in result["examples"])
-    from retrieval.evaluate_generation import load_rows
+    from retrieval.evaluation.generation import load_rows
 
     expected = [r["content"] for r in load_rows(sample_parquet, 3, offset=100)]
     assert [e["reference"] for e in result["examples"]] == expected  # --offset 100 --limit 3: rows 100-102

@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import LABELLED, make_image
 
-from retrieval import store
-from retrieval.build import ImageSource, add_to_index, build_index
 from retrieval.errors import RetrievalError
-from retrieval.evaluate import eval_search
-from retrieval.media import MediaFetcher
-from retrieval.predict import IndexHistory, PredictConfig, Query, predict_likes
-from retrieval.reader import Filters, IndexReader
-from retrieval.search import Searcher
+from retrieval.evaluation.likes import eval_search
+from retrieval.index import store
+from retrieval.index.reader import Filters, IndexReader
+from retrieval.io.media import MediaFetcher
+from retrieval.pipeline.build import ImageSource, add_to_index, build_index
+from retrieval.query.search import Searcher
+from retrieval.tasks.likes.predict import IndexHistory, PredictConfig, Query, predict_likes
 
 
 def _source(clip_embedder, folder: Path | None = None) -> ImageSource:
@@ -193,7 +193,7 @@ def test_image_set_needs_its_own_model(image_index: Path, minilm) -> None:
 def test_generation_takes_exemplars_from_image_neighbours(
     image_index: Path, labelled: Path, minilm, clip_embedder
 ) -> None:
-    from retrieval.generate import Brief, GenerateConfig, find_exemplars
+    from retrieval.tasks.generate.rag import Brief, GenerateConfig, find_exemplars
 
     table = pq.read_table(labelled)
     seed = 7

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval import index as fx
 from retrieval.errors import RetrievalError
+from retrieval.index import faiss_ops as fx
 
 
 def test_parameters_follow_size_and_memory() -> None:

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from retrieval.data import parse_media
-from retrieval.media import OFFLINE_AFTER, Media, MediaFetcher, image_sources, images_in_folder
+from retrieval.io.media import OFFLINE_AFTER, Media, MediaFetcher, image_sources, images_in_folder
+from retrieval.io.tweets import parse_media
 from tests.conftest import BEHAVIOUR, make_image
 
 

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
 from cli import cli
-from retrieval import store
-from retrieval.data import load_tweets
 from retrieval.errors import RetrievalError
-from retrieval.evaluate import LIKES_METRICS, cross_validate_likes, evaluate_likes_on_index
-from retrieval.predict import (
+from retrieval.evaluation.likes import LIKES_METRICS, cross_validate_likes, evaluate_likes_on_index
+from retrieval.index import store
+from retrieval.index.reader import IndexReader
+from retrieval.io.tweets import load_tweets
+from retrieval.tasks.likes.predict import (
     Found,
     GroupStats,
     IndexHistory,
@@ -31,7 +32,6 @@ from retrieval.predict import (
     predict_likes,
     weighted_quantile,
 )
-from retrieval.reader import IndexReader
 from tests.conftest import CONTENT, LABELLED
 
 SAMPLE = 240  # labelled tweets in the fixtures: every dated one, then undated ones

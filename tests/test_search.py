@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrieval.errors import RetrievalError
-from retrieval.reader import Filters
-from retrieval.search import Searcher
+from retrieval.index.reader import Filters
+from retrieval.query.search import Searcher
 
 
 @pytest.fixture(scope="module")

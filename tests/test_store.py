@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retrieval import store
-from retrieval.data import load_tweets
 from retrieval.errors import IndexNotFound
-from retrieval.reader import Filters, IndexReader
+from retrieval.index import store
+from retrieval.index.reader import Filters, IndexReader
+from retrieval.io.tweets import load_tweets
 
 EMBEDDER = {"name": "test-vectors", "dim": 64}
 

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
 
 from cli import cli
-from retrieval import folder, store
-from retrieval.build import add_to_index, build_index
 from retrieval.errors import IndexCorrupt, IndexLocked, RetrievalError
-from retrieval.reader import IndexReader
+from retrieval.index import folder, store
+from retrieval.index.reader import IndexReader
+from retrieval.pipeline.build import add_to_index, build_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_three_concurrent_adds_keep_every_row(index: Path, parts: list[Path]) ->
     script = HASH_EMBEDDER + textwrap.dedent(
         """
         import sys
-        from retrieval.build import add_to_index
+        from retrieval.pipeline.build import add_to_index
         report = add_to_index(sys.argv[1], sys.argv[2], embedder=HashEmbedder(), progress=False)
         print(report.summary())
         """
@@ -213,8 +213,8 @@ def test_kill_9_during_the_write_keeps_the_old_index_and_the_next_add_cleans_up(
     script = HASH_EMBEDDER + textwrap.dedent(
         """
         import sys, time
-        from retrieval import store
-        from retrieval.build import add_to_index
+        from retrieval.index import store
+        from retrieval.pipeline.build import add_to_index
         def stuck(*args, **kwargs):  # the write phase, held open until the kill
             print("writing", flush=True)
             time.sleep(600)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import RetrievalError
-from retrieval.generate import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
-from retrieval.postprocess import postprocess as clean
+from retrieval.tasks.generate.postprocess import postprocess as clean
+from retrieval.tasks.generate.rag import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
 
 if TYPE_CHECKING:
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,6 @@ def eval_generation(
 
 def load_rows(path: str | Path, limit: int | None = None, *, offset: int = 0) -> list[dict[str, Any]]:
     """`limit` tweets of a file from row `offset` on, as dicts (tune on one slice, report another)."""
-    from retrieval.data import load_tweets
+    from retrieval.io.tweets import load_tweets
 
     return load_tweets(path).table.slice(offset, limit).to_pylist()

@@ -14,10 +14,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from retrieval import index as fx
-from retrieval import store
 from retrieval.errors import IndexCorrupt, RetrievalError
-from retrieval.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
+from retrieval.index import faiss_ops as fx
+from retrieval.index import store
+from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
 
 log = logging.getLogger(__name__)
 

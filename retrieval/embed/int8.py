@@ -13,9 +13,9 @@ flattens everything else (mean cosine 0.73-0.88 to fp32 on real tweets). Two fix
   outliers) become MatMulNBits: 8-bit weights in blocks of `block` input channels, int8 compute
   that quantizes activations per token and block too (accuracy_level 4); slower, but exact enough.
 
-Which recipe is right and fastest depends on the CPU (retrieval/cpu.py): u8 x s8 saturates 16-bit
+Which recipe is right and fastest depends on the CPU (retrieval/embed/cpu.py): u8 x s8 saturates 16-bit
 sums on x86 without VNNI, which 7-bit weights (`s7`) or u8 x u8 (`u8`) avoid. So a recipe is not
-chosen here but on the machine itself, by retrieval/onnx_recipes.py, among RECIPES.
+chosen here but on the machine itself, by retrieval/embed/recipes.py, among RECIPES.
 """
 
 from __future__ import annotations

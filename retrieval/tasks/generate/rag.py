@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.llm import Generator, Messages
-from retrieval.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
-from retrieval.reader import Filters
+from retrieval.index.reader import Filters
+from retrieval.tasks.generate.llm import Generator, Messages
+from retrieval.tasks.generate.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from retrieval.search import Hit, Searcher
+    from retrieval.query.search import Hit, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def rank_candidates(
     no likes (or no history before the brief's date). Returns the ranked list and the method;
     None, in the order generated and with nothing embedded, when neither is possible or needed.
     """
-    from retrieval.predict import IndexHistory, Query, predict_likes
+    from retrieval.tasks.likes.predict import IndexHistory, Query, predict_likes
 
     query = Query(brief.username, brief.company, brief.date)
     try:
@@ -379,7 +379,7 @@ def _with_company(searcher: Searcher, brief: Brief) -> Brief:
 def image_for_brief(searcher: Searcher, picture: Image.Image, media: str = "") -> tuple[str, np.ndarray | None]:
     """The picture in words (CLIP zero-shot labels) unless `media` already says it, and its CLIP
     vector when the index has image vectors to find exemplars with."""
-    from retrieval.describe import MediaDescriber
+    from retrieval.embed.describe import MediaDescriber
 
     if searcher.clip is None:
         raise RetrievalError("describing an image needs the CLIP model", hint="clip_checkpoint")

@@ -16,13 +16,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import spearmanr
 
-from retrieval import index as fx
-from retrieval import store
-from retrieval.data import load_tweets
-from retrieval.embed import Embedder
+from retrieval.embed.text import Embedder
 from retrieval.errors import RetrievalError
-from retrieval.predict import Found, GroupStats, IndexHistory, LikesPrediction, PredictConfig, Query, key, predict_likes
-from retrieval.reader import IndexReader
+from retrieval.index import faiss_ops as fx
+from retrieval.index import store
+from retrieval.index.reader import IndexReader
+from retrieval.io.tweets import load_tweets
+from retrieval.tasks.likes.predict import (
+    Found,
+    GroupStats,
+    IndexHistory,
+    LikesPrediction,
+    PredictConfig,
+    Query,
+    key,
+    predict_likes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +413,7 @@ def likes_on_index_file(
     index: str | Path, test: str | Path, *, config: PredictConfig | None = None, baselines: Sequence[str] = BASELINES
 ) -> dict[str, Any]:
     """`evaluate_likes_on_index` for a test file, embedded with the index's own model."""
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
     table = scorable(load_tweets(test).table, str(test))
     searcher = Searcher.open(index)

@@ -1,7 +1,7 @@
 """Choose the int8 recipe on the machine itself: the fastest one whose vectors agree with fp32.
 
 The same quantized model is exact on one CPU and off on another (u8 x s8 saturates on x86 without
-VNNI), so no recipe is fixed in advance. Once per model and CPU feature set (retrieval/cpu.py)
+VNNI), so no recipe is fixed in advance. Once per model and CPU feature set (retrieval/embed/cpu.py)
 every candidate of onnx_int8.RECIPES is built, run beside the fp32 export on check texts (the
 calibration sentences plus check_texts()), and kept only if it passes CHECK_BARS; the fastest
 that passes wins, and the fp32 export itself is the fallback when none passes or none is faster.
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.check_texts import check_texts
-from retrieval.cpu import cpu_features, cpu_key
-from retrieval.onnx_int8 import RECIPES, Feed, calibrate, quantize_int8
+from retrieval.embed.check_texts import check_texts
+from retrieval.embed.cpu import cpu_features, cpu_key
+from retrieval.embed.int8 import RECIPES, Feed, calibrate, quantize_int8
 
 log = logging.getLogger(__name__)
 

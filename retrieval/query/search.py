@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.embed import Embedder, embedder_for_index
+from retrieval.embed.text import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
-from retrieval.reader import SPACES, Filters, IndexReader
+from retrieval.index.reader import SPACES, Filters, IndexReader
 
 if TYPE_CHECKING:
     import PIL.Image
 
-    from retrieval.embed_clip import ClipEmbedder
+    from retrieval.embed.clip import ClipEmbedder
 
 
 @dataclass(frozen=True)

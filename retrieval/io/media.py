@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from retrieval.config import cache_dir
-from retrieval.data import read_media
+from retrieval.io.tweets import read_media
 
 if TYPE_CHECKING:
     from PIL import Image

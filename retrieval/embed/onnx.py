@@ -1,7 +1,7 @@
 """The CPU fast path: a sentence-transformers model run by ONNX Runtime, int8 by default.
 
 The local model folder is exported once to ONNX (torch.onnx.export). For int8, the recipe is
-chosen on this machine by retrieval/onnx_recipes.py among those of retrieval/onnx_int8.py
+chosen on this machine by retrieval/embed/recipes.py among those of retrieval/embed/int8.py
 (calibrated on CALIBRATION_TEXTS, checked against the fp32 export), once per CPU feature set: a
 model quantized on one CPU is never reused on another without its own check. Plain dynamic
 quantization (one scale per activation tensor) is faster still but lost too much on MPNet
@@ -29,10 +29,10 @@ import numpy as np
 from filelock import FileLock
 
 from retrieval.config import cache_dir
-from retrieval.cpu import cpu_key
+from retrieval.embed.cpu import cpu_key
+from retrieval.embed.models import MAX_SEQ_LENGTH, model_path
+from retrieval.embed.recipes import FP32, Choice, choose_recipe, read_choice
 from retrieval.errors import ModelMissing, RetrievalError
-from retrieval.models import MAX_SEQ_LENGTH, model_path
-from retrieval.onnx_recipes import FP32, Choice, choose_recipe, read_choice
 
 if TYPE_CHECKING:
     import onnxruntime

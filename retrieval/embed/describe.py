@@ -24,7 +24,7 @@ from retrieval.errors import DataError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from retrieval.embed_clip import ClipEmbedder
+    from retrieval.embed.clip import ClipEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def load_labels(path: str | Path | None = None) -> list[str]:
     None reads the vocabulary shipped with the package.
     """
     if path is None:
-        text = resources.files("retrieval").joinpath("labels.txt").read_text(encoding="utf-8")
-        where = "retrieval/labels.txt"
+        text = resources.files("retrieval.embed").joinpath("labels.txt").read_text(encoding="utf-8")
+        where = "retrieval/embed/labels.txt"
     else:
         try:
             text = Path(path).read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from retrieval.config import cache_dir
-from retrieval.embed import Embedder
+from retrieval.embed.text import Embedder
 
 log = logging.getLogger(__name__)
 

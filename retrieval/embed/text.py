@@ -1,7 +1,7 @@
 """Text embedders: the protocol, the one factory, and the PyTorch (sentence-transformers) path.
 
-Models are found by `retrieval.models` (installed packages or a local folder, never a hub); the
-ONNX int8 path is `retrieval.embed_onnx`.
+Models are found by `retrieval.embed.models` (installed packages or a local folder, never a hub); the
+ONNX int8 path is `retrieval.embed.onnx`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from retrieval.config import default_device
+from retrieval.embed.models import MAX_SEQ_LENGTH, model_path
 from retrieval.errors import ModelMissing, RetrievalError
-from retrieval.models import MAX_SEQ_LENGTH, model_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.embed_onnx import OnnxEmbedder
+    from retrieval.embed.onnx import OnnxEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def text_embedder(
             f"precision {precision!r} is not one of {', '.join(PRECISIONS)}", hint="precision", value="int8"
         )
     if precision == "int8":
-        from retrieval.embed_onnx import OnnxEmbedder
+        from retrieval.embed.onnx import OnnxEmbedder
 
         return OnnxEmbedder(name, precision="int8", batch_size=batch_size, threads=threads)
     return SentenceEmbedder(name, device=device, precision=precision, batch_size=batch_size)

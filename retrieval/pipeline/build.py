@@ -15,19 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from retrieval import store
-from retrieval.data import LoadResult, Reject, load_tweets, write_rejects
-from retrieval.embed import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
-from retrieval.embed_cache import CachedEmbedder
+from retrieval.embed.cache import CachedEmbedder
+from retrieval.embed.text import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
 from retrieval.errors import DataError, RetrievalError
-from retrieval.folder import writer
-from retrieval.media import MediaFetcher, image_sources, images_in_folder
-from retrieval.reader import IndexReader
+from retrieval.index import store
+from retrieval.index.folder import writer
+from retrieval.index.reader import IndexReader
+from retrieval.index.store import ImageVectors
+from retrieval.io.media import MediaFetcher, image_sources, images_in_folder
+from retrieval.io.tweets import LoadResult, Reject, load_tweets, write_rejects
 from retrieval.schema import TWEET_SCHEMA
-from retrieval.store import ImageVectors
 
 if TYPE_CHECKING:
-    from retrieval.embed_clip import ClipEmbedder
+    from retrieval.embed.clip import ClipEmbedder
 
 log = logging.getLogger(__name__)
 

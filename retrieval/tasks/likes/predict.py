@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.reader import Filters, IndexReader
+from retrieval.index.reader import Filters, IndexReader
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from retrieval import index as fx
 from retrieval.errors import IndexCorrupt, IndexNotFound, RetrievalError
-from retrieval.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
+from retrieval.index import faiss_ops as fx
+from retrieval.index.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
 from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
 
 log = logging.getLogger(__name__)
