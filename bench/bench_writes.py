@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from retrieval.embed.cpu import cpu_features, cpu_model  # noqa: E402
 from retrieval.errors import RetrievalError  # noqa: E402
+from retrieval.index.manifest import read_manifest  # noqa: E402
 from retrieval.index.reader import IndexReader  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,7 +78,7 @@ def main() -> None:
     built = _cli("index", "build", str(work / "base.parquet"), "--out", str(base), "--model", args.model, timeout=900)
     if built.returncode:
         raise SystemExit(f"base build failed: {built.stderr.strip()}")
-    dim = int(json.loads((base / "manifest.json").read_text())["embedder"]["dim"])
+    dim = int(read_manifest(base).text.embedder["dim"])
     expected = 500 + 100 * args.adders
 
     start = time.monotonic()
@@ -108,7 +109,7 @@ def main() -> None:
         stop.set()
         reader.join()
         seconds = time.monotonic() - began
-        rows = int(json.loads((index / "manifest.json").read_text())["next_id"])
+        rows = read_manifest(index).next_id
         adds_ok = sum(a.returncode == 0 and "indexed 100," in out for a, out in zip(adders, outputs))
         published = sorted(int(m.group(1)) for out in outputs if (m := re.search(r"now version \d+, (\d+) rows", out)))
         if published != [500 + 100 * (i + 1) for i in range(args.adders)]:

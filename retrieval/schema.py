@@ -3,7 +3,12 @@ table of an index (the same fields plus where each row sits), so the two cannot 
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
+
+Medium = dict[str, str | None]
+"""One medium of a tweet: {"kind": "photo" | "video" | "gif", "url": ..., "thumbnail": ...}."""
 
 # date is naive UTC; media is JSON text: [{"kind": "photo"|"video"|"gif", "url", "thumbnail"}].
 TWEET_SCHEMA = pa.schema(
@@ -39,3 +44,9 @@ TWEETS_TABLE_SQL = (
     + ",\n".join(f'    "{f.name}" {_SQL_TYPES[f.type]}{_NOT_NULL.get(f.name, "")}' for f in INDEX_SCHEMA)
     + "\n)"
 )
+
+
+def stored_media(value: str | None) -> list[Medium]:
+    """The media of a row of an index, which keeps them as JSON text of `Medium` objects (a file's
+    media in any other form are read by `retrieval.io.media_values.read_media`)."""
+    return json.loads(value or "[]")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from retrieval.apps.cli import cli
 
 
 @pytest.fixture(scope="module")

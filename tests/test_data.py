@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrieval.errors import DataError
-from retrieval.io.tweets import LoadResult, Reject, load_tweets, parse_media, write_rejects
+from retrieval.io.media_values import parse_media
+from retrieval.io.tweets import LoadResult, Reject, load_tweets, write_rejects
 from retrieval.schema import TWEET_SCHEMA
 
 DATA = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

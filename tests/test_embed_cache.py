@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 from conftest import HASH_EMBEDDER
 
-from cli import cli
+from retrieval.apps.cli import cli
 from retrieval.embed.cache import CachedEmbedder, cache_info
 
 

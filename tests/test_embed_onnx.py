@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from retrieval.apps.cli import cli
 from retrieval.embed import onnx as embed_onnx
 from retrieval.embed import recipes as onnx_recipes
 from retrieval.embed.check_texts import check_texts
@@ -26,7 +26,7 @@ from retrieval.embed.recipes import CHECK_BARS, FP32, agreement, measure, read_c
 from retrieval.embed.text import embedder_for_index, index_precision, text_embedder
 from retrieval.errors import ModelMissing, RetrievalError
 from retrieval.index import faiss_ops as fx
-from retrieval.index.store import read_manifest
+from retrieval.index.manifest import read_manifest
 from retrieval.pipeline.build import add_to_index, build_index
 from retrieval.query.search import Searcher
 
@@ -198,7 +198,7 @@ def test_precision_of_an_index_is_used_for_its_queries(
     more = tmp_path / "more.parquet"
     pq.write_table(pq.read_table(sample_parquet).slice(200, 50), more)
     build_index(small, tmp_path / "idx", embedder=onnx_int8, progress=False)
-    info = read_manifest(tmp_path / "idx")["embedder"]
+    info = read_manifest(tmp_path / "idx").text.embedder
     assert info == {"name": "minilm", "dim": 384, "precision": "int8", **onnx_int8.record()}
     assert info["cpu_key"] == cpu_key() and info["cpu_features"] == list(cpu_features())
     searcher = Searcher.open(tmp_path / "idx")

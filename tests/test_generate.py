@@ -237,7 +237,7 @@ def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: 
 
 @needs_llama
 def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_path: Path) -> None:
-    from cli import cli
+    from retrieval.apps.cli import cli
 
     user = (
         duckdb.connect(str(minilm_index / "meta.duckdb"), read_only=True)

@@ -18,13 +18,15 @@ from click.testing import CliRunner
 from conftest import LABELLED, make_image
 
 from retrieval.errors import RetrievalError
-from retrieval.evaluation.likes import eval_search
-from retrieval.index import store
+from retrieval.evaluation.search import eval_search
+from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import Filters, IndexReader
+from retrieval.index.verify import verify
 from retrieval.io.media import MediaFetcher
 from retrieval.pipeline.build import ImageSource, add_to_index, build_index
 from retrieval.query.search import Searcher
-from retrieval.tasks.likes.predict import IndexHistory, PredictConfig, Query, predict_likes
+from retrieval.tasks.likes.history import IndexHistory
+from retrieval.tasks.likes.predict import PredictConfig, Query, predict_likes
 
 
 def _source(clip_embedder, folder: Path | None = None) -> ImageSource:
@@ -63,9 +65,9 @@ def image_index(tmp_path_factory, labelled: Path, local_images: Path, minilm, cl
 def test_folder_of_images_finds_the_same_image_first(tmp_path: Path, image_folder: Path, clip_embedder) -> None:
     report = build_index(image_folder, tmp_path / "pics", images=_source(clip_embedder), progress=False)
     manifest = report.manifest
-    assert manifest["shards"] == [] and manifest["image"]["shards"][0]["rows"] == 8
+    assert manifest.text.shards == () and manifest.image.shards[0].rows == 8
     assert report.rejected == 0 and "8 embedded" in report.summary()
-    assert store.verify(tmp_path / "pics") == []
+    assert verify(tmp_path / "pics") == []
     with IndexReader(tmp_path / "pics") as reader:
         assert eval_search(reader, space="image")["recall_at_10"] == 1.0
     searcher = Searcher.open(tmp_path / "pics", clip=clip_embedder)
@@ -90,17 +92,17 @@ def test_a_broken_image_in_a_folder_is_a_reject(tmp_path: Path, image_folder: Pa
 
 
 def test_tweets_get_local_images_and_count_missing_media(image_index: Path, labelled: Path) -> None:
-    manifest = store.read_manifest(image_index)
+    manifest = read_manifest(image_index)
     with duckdb.connect(str(image_index / "meta.duckdb"), read_only=True) as con:
         per_tweet = dict(con.execute("SELECT vec_id, count(*) FROM image_vectors GROUP BY 1").fetchall())
         missing = con.execute("SELECT problem, count(*) FROM missing_media GROUP BY 1").fetchall()
         with_media = con.execute("SELECT count(*) FROM tweets WHERE media <> '[]'").fetchone()[0]
     assert len(per_tweet) == 30 and sorted(per_tweet.values())[-1] == 2, "tweet 1 has two images"
-    assert sum(per_tweet.values()) == manifest["image"]["shards"][0]["rows"] == 31
-    assert dict(missing) == manifest["image"]["missing_media"]
+    assert sum(per_tweet.values()) == manifest.image.shards[0].rows == 31
+    assert dict(missing) == manifest.image.missing_media
     assert "corrupt image" in dict(missing) or "not an image" in dict(missing)
     assert "offline" in dict(missing), "dead URLs of the tweets without local copies are missing, never noise"
-    assert with_media > 0 and store.verify(image_index) == []
+    assert with_media > 0 and verify(image_index) == []
 
 
 def test_image_search_filters_and_counts_each_tweet_once(image_index: Path, local_images: Path, clip_embedder) -> None:
@@ -133,7 +135,7 @@ def test_add_extends_the_image_set(
     new_id = table.column("id").to_pylist()[0]
     make_image(4242).save(folder / f"{new_id}.png")
     report = add_to_index(more, copy, embedder=minilm, images=_source(clip_embedder, folder), progress=False)
-    assert len(report.manifest["image"]["shards"]) == (2 if first_images else 1) and store.verify(copy) == []
+    assert len(report.manifest.image.shards) == (2 if first_images else 1) and verify(copy) == []
     hits = Searcher.open(copy, clip=clip_embedder).similar_image(make_image(4242), k=1)
     assert hits[0].tweet["tweet_id"] == new_id
 
@@ -156,7 +158,7 @@ def test_prediction_weighs_image_neighbours_apart(image_index: Path, local_image
 
 
 def test_cli_without_a_checkpoint_is_one_line(tmp_path: Path, minilm_index: Path, image_folder: Path) -> None:
-    from cli import cli
+    from retrieval.apps.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["similar", "--image", str(image_folder / "img1.png"), "--index", str(minilm_index)])
@@ -166,7 +168,7 @@ def test_cli_without_a_checkpoint_is_one_line(tmp_path: Path, minilm_index: Path
 
 
 def test_cli_builds_and_queries_images(tmp_path: Path, image_folder: Path, clip_checkpoint: Path) -> None:
-    from cli import cli
+    from retrieval.apps.cli import cli
 
     runner = CliRunner()
     out = tmp_path / "pics"
@@ -212,7 +214,7 @@ def test_generation_takes_exemplars_from_image_neighbours(
 def test_cli_generate_describes_the_image(
     image_index: Path, labelled: Path, local_images: Path, clip_checkpoint
 ) -> None:
-    from cli import cli
+    from retrieval.apps.cli import cli
 
     owner = pq.read_table(labelled).column("username")[3].as_py()
     args = [

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from retrieval.io.media import OFFLINE_AFTER, Media, MediaFetcher, image_sources, images_in_folder
-from retrieval.io.tweets import parse_media
+from retrieval.io.media_values import parse_media
 from tests.conftest import BEHAVIOUR, make_image
 
 

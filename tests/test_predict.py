@@ -16,16 +16,16 @@ import pytest
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from cli import cli
+from retrieval.apps.cli import cli
 from retrieval.errors import RetrievalError
 from retrieval.evaluation.likes import LIKES_METRICS, cross_validate_likes, evaluate_likes_on_index
 from retrieval.index import store
 from retrieval.index.reader import IndexReader
 from retrieval.io.tweets import load_tweets
+from retrieval.tasks.likes.history import IndexHistory
 from retrieval.tasks.likes.predict import (
     Found,
     GroupStats,
-    IndexHistory,
     PredictConfig,
     Query,
     combine,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,11 @@ import pyarrow as pa
 import pytest
 
 from retrieval.errors import IndexNotFound
+from retrieval.index import faiss_ops as fx
 from retrieval.index import store
+from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import Filters, IndexReader
+from retrieval.index.verify import verify
 from retrieval.io.tweets import load_tweets
 
 EMBEDDER = {"name": "test-vectors", "dim": 64}
@@ -46,12 +48,12 @@ def test_build_writes_the_documented_folder(tmp_path: Path, vectors: np.ndarray,
         "shards/0002.faiss",
         "trained.faiss",
     ]
-    assert [s["rows"] for s in manifest["shards"]] == [200, 200, 200]
-    assert [s["first_id"] for s in manifest["shards"]] == [0, 200, 400]
-    assert manifest["recall_at_10"] >= 0.95
-    assert manifest["bytes_per_vector"] == 8 + 64
-    assert json.loads((tmp_path / "idx" / "manifest.json").read_text()) == manifest
-    assert store.verify(tmp_path / "idx") == []
+    assert [s.rows for s in manifest.text.shards] == [200, 200, 200]
+    assert [s.first_id for s in manifest.text.shards] == [0, 200, 400]
+    assert manifest.text.recall_at_10 >= 0.95
+    assert manifest.text.bytes_per_vector == 8 + 64
+    assert read_manifest(tmp_path / "idx") == manifest, "the manifest reads back as it was written"
+    assert verify(tmp_path / "idx") == []
     assert not list(tmp_path.glob(".idx*")), "no temporary folder left behind"
 
 
@@ -66,7 +68,7 @@ def test_failed_build_keeps_the_old_index(tmp_path: Path, vectors: np.ndarray, t
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path / "idx", vectors[::-1].copy(), tweets, shards=2)
     assert (tmp_path / "idx" / "manifest.json").read_text() == before
-    assert store.verify(tmp_path / "idx") == []
+    assert verify(tmp_path / "idx") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
@@ -75,9 +77,9 @@ def test_add_appends_a_shard_without_retraining(tmp_path: Path, clustered: np.nd
     _build(tmp_path / "idx", clustered[:400], first, factory="IVF8,SQ8")
     old_shard = (tmp_path / "idx" / "shards" / "0000.faiss").read_bytes()
     manifest = store.add(tmp_path / "idx", clustered[400:600], second, np.ones(200, bool))
-    assert [(s["first_id"], s["rows"]) for s in manifest["shards"]] == [(0, 400), (400, 200)]
+    assert [(s.first_id, s.rows) for s in manifest.text.shards] == [(0, 400), (400, 200)]
     assert (tmp_path / "idx" / "shards" / "0000.faiss").read_bytes() == old_shard
-    assert store.verify(tmp_path / "idx") == []
+    assert verify(tmp_path / "idx") == []
     with IndexReader(tmp_path / "idx") as reader:
         truth = np.load(tmp_path / "idx" / "eval" / "truth_ids.npy")
         assert (truth >= 400).any(), "ground truth must include the added vectors"
@@ -92,13 +94,13 @@ def test_verify_finds_corruption_and_missing_rows(tmp_path: Path, vectors: np.nd
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert store.verify(tmp_path / "idx") == ["shards/0001.faiss: checksum differs from the manifest"]
+    assert verify(tmp_path / "idx") == ["shards/0001.faiss: checksum differs from the manifest"]
 
     import duckdb
 
     with duckdb.connect(str(tmp_path / "idx" / "meta.duckdb")) as con:
         con.execute("DELETE FROM tweets WHERE vec_id IN (3, 4)")
-    problems = store.verify(tmp_path / "idx")
+    problems = verify(tmp_path / "idx")
     assert "shards/0000.faiss: 2 FAISS ids have no row in meta.duckdb" in problems
 
 
@@ -118,9 +120,9 @@ def test_filters_are_exact_and_return_k(tmp_path: Path, vectors: np.ndarray, twe
             assert len(row) == min(5, len(expected))
             assert {i for i, _ in row} <= expected
         ids = np.array(sorted(expected))
-        _, exact = store.fx.exact_search(vectors[ids], vectors[:3], 5)
+        _, exact = fx.exact_search(vectors[ids], vectors[:3], 5)
         found = np.array([[i for i, _ in row] for row in hits])
-        assert store.fx.recall_at_k(found, ids[exact], 5) >= 0.9, "a narrow filter visits more lists"
+        assert fx.recall_at_k(found, ids[exact], 5) >= 0.9, "a narrow filter visits more lists"
         since = dt.datetime(2022, 1, 1)
         dated = reader.search(vectors[:1], 10, filters=Filters(since=since))[0]
         assert len(dated) == 10

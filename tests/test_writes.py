@@ -20,10 +20,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
 
-from cli import cli
+from retrieval.apps.cli import cli
 from retrieval.errors import IndexCorrupt, IndexLocked, RetrievalError
 from retrieval.index import folder, store
+from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.reader import IndexReader
+from retrieval.index.verify import verify
 from retrieval.pipeline.build import add_to_index, build_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +85,10 @@ def test_three_concurrent_adds_keep_every_row(index: Path, parts: list[Path]) ->
     assert all(out.startswith("read 100, indexed 100, rejected 0") for out in outputs), outputs
     published = sorted(re.search(r"now version (\d+), (\d+) rows", out).groups() for out in outputs)
     assert published == [("2", "600"), ("3", "700"), ("4", "800")], "each add saw the one before it"
-    manifest = store.read_manifest(index)
-    assert manifest["next_id"] == 800
-    assert manifest["version"] == 4, "one version per publish"
-    assert store.verify(index) == []
+    manifest = read_manifest(index)
+    assert manifest.next_id == 800
+    assert manifest.version == 4, "one version per publish"
+    assert verify(index) == []
     with IndexReader(index) as reader:
         assert reader.stats()["rows"] == 800
 
@@ -97,9 +99,9 @@ def test_a_second_writer_waits_or_fails_fast(index: Path, parts: list[Path]) -> 
             add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False, wait=False)
         with pytest.raises(IndexLocked):
             build_index(parts[1], index, embedder=HashEmbedder(), progress=False, wait=False)
-    assert store.read_manifest(index)["next_id"] == 500, "nothing was written while the lock was held"
+    assert read_manifest(index).next_id == 500, "nothing was written while the lock was held"
     add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False, wait=False)
-    assert store.read_manifest(index)["next_id"] == 600
+    assert read_manifest(index).next_id == 600
 
 
 def test_no_wait_is_one_line_on_the_command_line(minilm_index: Path, parts: list[Path], tmp_path: Path) -> None:
@@ -119,14 +121,14 @@ def _index_files(index: Path) -> list[str]:
 
 
 def test_every_file_is_checksummed(index: Path) -> None:
-    manifest = store.read_manifest(index)
-    assert sorted([*manifest["files"], "manifest.json"]) == _index_files(index)
+    manifest = read_manifest(index)
+    assert sorted([*manifest.files, "manifest.json"]) == _index_files(index)
 
 
 @pytest.mark.parametrize("name", ["meta.duckdb", "trained.faiss", "shards/0000.faiss", "eval/truth_ids.npy"])
 def test_a_flipped_byte_is_caught_by_verify_and_by_the_next_command(index: Path, parts: list[Path], name: str) -> None:
     _flip(index / name)
-    assert f"{name}: checksum differs from the manifest" in store.verify(index)
+    assert f"{name}: checksum differs from the manifest" in verify(index)
     with pytest.raises(IndexCorrupt, match=f"damaged: {name}: checksum differs from the manifest$") as info:
         IndexReader(index)
     assert (info.value.hint, info.value.value) == ("verify", str(index))
@@ -137,8 +139,8 @@ def test_a_flipped_byte_is_caught_by_verify_and_by_the_next_command(index: Path,
         result = runner.invoke(cli, args)
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert name in result.output and len(result.output.strip().splitlines()) == 1
-    verify = runner.invoke(cli, ["index", "verify", "--index", str(index)])
-    assert verify.exit_code == 1 and name in verify.output
+    checked = runner.invoke(cli, ["index", "verify", "--index", str(index)])
+    assert checked.exit_code == 1 and name in checked.output
 
 
 def test_a_flipped_byte_in_the_manifest_is_caught(index: Path) -> None:
@@ -148,7 +150,7 @@ def test_a_flipped_byte_in_the_manifest_is_caught(index: Path) -> None:
     with pytest.raises(IndexCorrupt, match="manifest.json: damaged"):
         IndexReader(index)
     with pytest.raises(IndexCorrupt, match="manifest.json: damaged"):
-        store.verify(index)
+        verify(index)
 
 
 def test_damage_that_keeps_the_mtime_needs_a_full_check(index: Path) -> None:
@@ -194,7 +196,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(
     with pytest.raises(RetrievalError, match=r"disk full.*no index was written"):
         build_index(parts[1], index.parent / "new", embedder=HashEmbedder(), progress=False)
     assert (index / "manifest.json").read_text() == before
-    assert store.verify(index) == []
+    assert verify(index) == []
     assert _leftovers(index) == [] and not (index.parent / "new").exists()
 
 
@@ -206,7 +208,7 @@ def test_a_faiss_write_error_is_one_line(index: Path, parts: list[Path], monkeyp
     expected = r"could not write the index \(faiss could not write it: .*write error \(0001.faiss\)\); the old"
     with pytest.raises(RetrievalError, match=expected):
         add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
-    assert store.verify(index) == []
+    assert verify(index) == []
 
 
 def test_kill_9_during_the_write_keeps_the_old_index_and_the_next_add_cleans_up(index: Path, parts: list[Path]) -> None:
@@ -228,9 +230,9 @@ def test_kill_9_during_the_write_keeps_the_old_index_and_the_next_add_cleans_up(
     proc.kill()
     proc.wait(timeout=60)
     assert len(_leftovers(index)) == 1, "the killed add left its temporary folder"
-    assert store.read_manifest(index)["next_id"] == 500 and store.verify(index) == []
+    assert read_manifest(index).next_id == 500 and verify(index) == []
     add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
-    assert _leftovers(index) == [] and store.read_manifest(index)["next_id"] == 600
+    assert _leftovers(index) == [] and read_manifest(index).next_id == 600
 
 
 def test_killed_runs_leave_nothing_once_the_next_writer_runs(index: Path, parts: list[Path]) -> None:
@@ -246,7 +248,7 @@ def test_an_index_caught_between_its_two_renames_is_restored(index: Path, parts:
     old.mkdir()
     index.rename(old / index.name)
     add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
-    assert store.read_manifest(index)["next_id"] == 600
+    assert read_manifest(index).next_id == 600
     assert _leftovers(index) == []
 
 
@@ -257,22 +259,22 @@ def test_folders_follow_the_umask_and_versions_count_publishes(tmp_path: Path, p
     finally:
         os.umask(old)
     assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755
-    assert store.read_manifest(tmp_path / "idx")["version"] == 1
+    assert read_manifest(tmp_path / "idx").version == 1
     add_to_index(parts[1], tmp_path / "idx", embedder=HashEmbedder(), progress=False)
     build_index(parts[1], tmp_path / "idx", embedder=HashEmbedder(), progress=False)
-    assert store.read_manifest(tmp_path / "idx")["version"] == 3
+    assert read_manifest(tmp_path / "idx").version == 3
 
 
 def test_verify_reads_meta_duckdb_against_the_manifest(index: Path) -> None:
-    manifest = json.loads((index / "manifest.json").read_text())
+    manifest = read_manifest(index)
     with duckdb.connect(str(index / "meta.duckdb")) as con:
         con.execute("DELETE FROM tweets WHERE vec_id IN (3, 4)")
-    problems = store.verify(index)
+    problems = verify(index)
     damaged = r"meta.duckdb: (\d+ bytes, the manifest says \d+|checksum differs from the manifest)"
     assert re.fullmatch(damaged, problems[0])
     assert "meta.duckdb: 498 rows with ids 0..499, the manifest says 500 rows with ids 0..499" in problems
     assert "shards/0000.faiss: 2 FAISS ids have no row in meta.duckdb" in problems
-    assert manifest["next_id"] == 500
+    assert manifest.next_id == 500
 
 
 def test_an_empty_folder_is_not_taken_for_images(tmp_path: Path) -> None:
@@ -298,13 +300,14 @@ def test_a_format_1_index_opens_is_verified_and_upgraded_by_add(index: Path, par
     (index / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with IndexReader(index) as reader:
         assert reader.stats()["rows"] == 500
-    assert store.verify(index) == []
+    assert verify(index) == []
     add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
-    upgraded = store.read_manifest(index)
-    assert (upgraded["format_version"], upgraded["version"], upgraded["next_id"]) == (2, 2, 600)
-    assert sorted([*upgraded["files"], "manifest.json"]) == _index_files(index)
+    upgraded = read_manifest(index)
+    assert (upgraded.version, upgraded.next_id) == (2, 600)
+    assert json.loads((index / "manifest.json").read_text())["format_version"] == 2
+    assert sorted([*upgraded.files, "manifest.json"]) == _index_files(index)
     _flip(index / "shards" / "0000.faiss")
-    assert store.verify(index) == ["shards/0000.faiss: checksum differs from the manifest"]
+    assert verify(index) == ["shards/0000.faiss: checksum differs from the manifest"]
 
 
 def test_a_reader_opened_after_an_add_sees_it_while_an_older_one_is_still_open(index: Path, parts: list[Path]) -> None:
@@ -314,7 +317,7 @@ def test_a_reader_opened_after_an_add_sees_it_while_an_older_one_is_still_open(i
         add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
         with IndexReader(index) as new:
             assert (old.stats()["rows"], new.stats()["rows"]) == (500, 600)
-        assert store.verify(index) == []
+        assert verify(index) == []
 
 
 def test_a_publish_during_an_open_is_not_taken_for_damage(
@@ -325,13 +328,13 @@ def test_a_publish_during_an_open_is_not_taken_for_damage(
     real_check = store.check
     calls = []
 
-    def publish_first(path: Path, manifest: dict, *, full: bool = False) -> None:
-        calls.append(manifest["version"])
+    def publish_first(path: Path, manifest: Manifest, *, full: bool = False) -> None:
+        calls.append(manifest.version)
         if len(calls) == 1:
             add_to_index(parts[1], index, embedder=HashEmbedder(), progress=False)
         real_check(path, manifest, full=full)
 
     monkeypatch.setattr(store, "check", publish_first)
     with IndexReader(index) as reader:
-        assert reader.manifest["version"] == 2 and reader.stats()["rows"] == 600
+        assert reader.manifest.version == 2 and reader.stats()["rows"] == 600
     assert (calls[0], calls[-1]) == (1, 2), "the open checked the stale manifest first, then the new one"

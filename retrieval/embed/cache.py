@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from retrieval.config import cache_dir
-from retrieval.embed.text import Embedder
+from retrieval.embed.text import Embedder, Precision, text_embedder
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,20 @@ class CachedEmbedder:
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
         rows = pa.table({"key": pa.array(keys, pa.binary()), "vec": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
         _write_segment(self.path, rows)
+
+
+def cached_text_embedder(
+    name: str,
+    *,
+    precision: Precision | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    cache: bool = True,
+) -> Embedder:
+    """`text_embedder` wrapped in the embedding cache (unless `cache` is False), so a text is
+    embedded once across builds, adds and evaluations."""
+    embedder = text_embedder(name, precision=precision, batch_size=batch_size, threads=threads)
+    return CachedEmbedder(embedder, embedder.model_id) if cache else embedder
 
 
 def compact(folder: Path) -> None:

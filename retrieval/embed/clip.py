@@ -110,6 +110,16 @@ class ClipEmbedder:
         self.logit_scale = float(self.model.logit_scale.exp().item())
         log.info("CLIP %s loaded from %s on %s", model, path, self.device)
 
+    def record(self) -> dict[str, Any]:
+        """What an index records about this model, so queries and adds find the same one."""
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "model": self.model_name,
+            "checkpoint": str(self.checkpoint),
+            "model_id": self.model_id,
+        }
+
     def check_built_with(self, built: Mapping[str, Any], where: Path) -> None:
         """Refuse to mix vectors of two checkpoints: `built` is an index's image embedder entry."""
         if built["model_id"] != self.model_id:

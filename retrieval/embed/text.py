@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -164,3 +165,19 @@ class SentenceEmbedder:
             show_progress_bar=progress,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def check_same_embedder(info: Mapping[str, Any], embedder: Embedder, where: Path) -> None:
+    """New vectors must be comparable with an index's (`info`: what it recorded about its
+    embedder): same width, same precision."""
+    if embedder.dim != info["dim"]:
+        raise RetrievalError(f"{where}: index holds {info['dim']}-d vectors, embedder gives {embedder.dim}-d")
+    wanted = index_precision(info)
+    given = getattr(embedder, "precision", wanted)
+    if given != wanted:
+        raise RetrievalError(
+            f"{where}: index was built with {info['name']} {info.get('precision', 'fp32')}; "
+            f"adding {given} vectors would mix precisions",
+            hint="precision",
+            value=wanted,
+        )

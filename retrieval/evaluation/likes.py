@@ -1,12 +1,10 @@
-"""Evaluation: search quality against exact search, and likes prediction against baselines."""
+"""Likes prediction against baselines: cross-validation on a file, or an index predicting a test file."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,10 @@ from scipy.stats import spearmanr
 
 from retrieval.embed.text import Embedder
 from retrieval.errors import RetrievalError
-from retrieval.index import faiss_ops as fx
-from retrieval.index import store
 from retrieval.index.reader import IndexReader
 from retrieval.io.tweets import load_tweets
+from retrieval.tasks.likes.history import ArrayHistory, IndexHistory, queries_of
 from retrieval.tasks.likes.predict import (
-    Found,
-    GroupStats,
-    IndexHistory,
     LikesPrediction,
     PredictConfig,
     Query,
@@ -34,53 +28,6 @@ from retrieval.tasks.likes.predict import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _timed_ms(fn: Any, repeats: int) -> float:
-    """Median wall time of fn() in milliseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
-
-
-def eval_search(
-    reader: IndexReader, *, nprobe: int | None = None, single_queries: int = 200, space: str = "text"
-) -> dict[str, Any]:
-    """Recall of one vector set against exact search over the same vectors, with latency and memory.
-
-    The queries are the sample of indexed vectors whose exact top-10 was stored at build
-    time (and kept exact through every `index add`), so no model is needed here.
-    """
-    vset = reader.vector_set(space)
-    folder = reader.path / ("" if space == "text" else store.IMAGE_PREFIX) / "eval"
-    queries = np.load(folder / "queries.npy")
-    truth = np.load(folder / "truth_ids.npy")
-    nprobe = nprobe or vset.nprobe
-    k = min(10, truth.shape[1])
-    _, found = fx.search(vset.shards, queries, k, nprobe=nprobe)
-    batched_ms = _timed_ms(lambda: fx.search(vset.shards, queries, k, nprobe=nprobe), 3) / len(queries)
-    few = queries[:single_queries]
-    single_ms = _timed_ms(lambda: [fx.search(vset.shards, q[None], k, nprobe=nprobe) for q in few], 1) / len(few)
-    return {
-        "index": str(reader.path),
-        "space": space,
-        "factory": vset.section["factory"],
-        "shards": len(vset.shards),
-        "vectors": vset.ntotal,
-        "queries": int(len(queries)),
-        "nprobe": int(nprobe),
-        "nlist": vset.nlist,
-        "recall_at_1": fx.recall_at_k(found[:, :1], truth[:, :1], 1),
-        "recall_at_10": fx.recall_at_k(found, truth, k),
-        "ms_per_query": round(single_ms, 4),
-        "ms_per_query_batched": round(batched_ms, 4),
-        "bytes_per_vector": vset.section["bytes_per_vector"],
-        "bytes_per_vector_flat": 4 * vset.embedder["dim"],
-    }
 
 
 LIKES_METRICS = ("rmse_log1p", "rmse_raw", "mae_log1p", "spearman", "coverage_80")
@@ -120,110 +67,6 @@ def likes_metrics(y: np.ndarray, found: Estimates) -> dict[str, float | None]:
         "spearman": None if math.isnan(rho) else round(float(rho), 4),
         "coverage_80": round(float(np.mean((y >= found.low) & (y <= found.high))), 4),
     }
-
-
-class ArrayHistory:
-    """Past tweets held in memory with exact kNN, so CV folds need no index of their own.
-
-    `visible` hides rows (a fold's own tweets); rows without likes are dropped on the way in.
-    """
-
-    def __init__(self, table: pa.Table, vectors: np.ndarray) -> None:
-        """`table` has TWEET_SCHEMA columns; `vectors` holds one row per table row with content."""
-        has_vector = np.asarray(table.column("content").is_valid(), dtype=bool)
-        if len(vectors) != has_vector.sum():
-            raise RetrievalError(f"{len(vectors)} vectors for {int(has_vector.sum())} rows with text")
-        keep = np.asarray(table.column("likes").is_valid(), dtype=bool)
-        self.table = table.filter(pa.array(keep))
-        self.queries = _queries(self.table)
-        self.values = np.log1p(self.table.column("likes").to_numpy(zero_copy_only=False).astype(np.float64))
-        self.vectors = np.ascontiguousarray(vectors[keep[has_vector]], dtype=np.float32)
-        self.vector_rows = np.flatnonzero(has_vector[keep])
-        self.dates = self.table.column("date").to_numpy(zero_copy_only=False).astype("datetime64[us]")
-        self.usernames = [key(q.username) for q in self.queries]
-        self.companies = [key(q.company) for q in self.queries]
-        self.account_names, self.account_codes = _codes(self.usernames)
-        self.company_names, self.company_codes = _codes(self.companies)
-        pairs: dict[str, dict[str, int]] = {}
-        for u, c in zip(self.usernames, self.companies):
-            if u and c:
-                pairs.setdefault(u, {})[c] = pairs.get(u, {}).get(c, 0) + 1
-        self.account_company = {u: max(counts, key=counts.__getitem__) for u, counts in pairs.items()}
-        self.visible = np.ones(len(self.values), bool)
-        self._stats: dict[dt.datetime | None, GroupStats] = {}
-
-    def restrict(self, visible: np.ndarray) -> ArrayHistory:
-        """The same history with only `visible` rows (a boolean mask over its rows) seen."""
-        other = object.__new__(ArrayHistory)
-        other.__dict__.update(self.__dict__, visible=self.visible & visible, _stats={})
-        return other
-
-    def seen(self, cutoff: dt.datetime | None) -> np.ndarray:
-        """Rows a query at `cutoff` may use: visible, and dated before it when it is dated."""
-        if cutoff is None:
-            return self.visible
-        return self.visible & (self.dates < np.datetime64(cutoff, "us"))
-
-    def check(self, query: Query) -> None:
-        if not self.seen(query.date).any():
-            raise RetrievalError(f"no tweets with likes before {query.date}")
-
-    def neighbours(
-        self, vector: np.ndarray, query: Query, config: PredictConfig, image: np.ndarray | None = None
-    ) -> Found:
-        """Text neighbours only: cross-validation arrays hold no image vectors, so `image` is unused."""
-        scores = np.where(self.seen(query.date)[self.vector_rows], self.vectors @ vector, -np.inf)
-        picked = list(_top(scores, config.k))
-        user = key(query.username)
-        if config.k_account and user in self.account_names:
-            own = np.where(self.account_codes[self.vector_rows] == self.account_names[user], scores, -np.inf)
-            taken = set(picked)
-            picked += [i for i in _top(own, config.k_account) if i not in taken]
-        rows = self.vector_rows[picked]
-        return Found(
-            ids=rows.astype(np.int64),
-            scores=scores[picked].astype(np.float64),
-            values=self.values[rows],
-            usernames=[self.usernames[r] for r in rows],
-            companies=[self.companies[r] for r in rows],
-        )
-
-    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
-        if cutoff not in self._stats:
-            seen = self.seen(cutoff)
-            y = self.values[seen]
-            accounts = _sums(self.account_names, self.account_codes[seen], y)
-            companies = _sums(self.company_names, self.company_codes[seen], y)
-            total, total_sq = float(y.sum()), float((y**2).sum())
-            self._stats[cutoff] = GroupStats(accounts, companies, self.account_company, len(y), total, total_sq)
-        return self._stats[cutoff]
-
-
-def _codes(names: list[str | None]) -> tuple[dict[str, int], np.ndarray]:
-    mapping: dict[str, int] = {}
-    codes = np.array([-1 if n is None else mapping.setdefault(n, len(mapping)) for n in names], dtype=np.int64)
-    return mapping, codes
-
-
-def _sums(names: Mapping[str, int], codes: np.ndarray, y: np.ndarray) -> dict[str, tuple[int, float]]:
-    known = codes >= 0
-    counts = np.bincount(codes[known], minlength=len(names))
-    totals = np.bincount(codes[known], weights=y[known], minlength=len(names))
-    return {name: (int(counts[i]), float(totals[i])) for name, i in names.items() if counts[i]}
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best finite scores, best first."""
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]
-
-
-def _queries(table: pa.Table) -> list[Query]:
-    columns = [table.column(name).to_pylist() for name in ("username", "company", "date")]
-    return [Query(*values) for values in zip(*columns)]
 
 
 def _median_baselines(history: ArrayHistory, queries: Sequence[Query]) -> dict[str, Estimates]:
@@ -438,7 +281,7 @@ def evaluate_likes_on_index(
     config = config or PredictConfig()
     table, vectors = _scorable(table, vectors)
     history = IndexHistory(reader)
-    queries = _queries(table)
+    queries = queries_of(table)
     ok = _with_history(history, queries)
     queries, vectors = [q for q, good in zip(queries, ok) if good], vectors[ok]
     y = np.log1p(table.column("likes").to_numpy(zero_copy_only=False)[ok].astype(np.float64))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import pyarrow as pa
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
 from retrieval.index import store
-from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards, read_manifest
+from retrieval.index.manifest import Manifest, VectorSetInfo, read_manifest
+from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +83,27 @@ class VectorSet:
     """
 
     name: str
-    section: dict[str, Any]
+    info: VectorSetInfo
     shards: list[fx.Shard]
     owners: np.ndarray | None = None
     """vec_id of each image position; None for the text set, whose positions are vec_ids."""
 
     @property
-    def embedder(self) -> dict[str, Any]:
-        return self.section["embedder"]
+    def embedder(self) -> Mapping[str, Any]:
+        return self.info.embedder
 
     @property
     def nprobe(self) -> int:
-        return int(self.section["nprobe"])
+        return self.info.nprobe
 
     @property
     def nlist(self) -> int:
         return max((fx.nlist_of_index(s.index) for s in self.shards), default=0)
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors (0 for an empty set)."""
+        return max((s.index.d for s in self.shards), default=0)
 
     @property
     def ntotal(self) -> int:
@@ -122,27 +129,26 @@ class IndexReader:
                     raise
                 log.info("%s was published again while it opened; opening the new version", self.path)
 
-    def _open(self, manifest: dict[str, Any], check: bool) -> None:
+    def _open(self, manifest: Manifest, check: bool) -> None:
         self.manifest = manifest
         store.check(self.path, self.manifest, full=check)
         try:
             self.con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
-        self.sets = {"text": VectorSet("text", self.manifest, _to_gpu(open_shards(self.path, self.manifest)))}
-        if "image" in self.manifest:
-            section = self.manifest["image"]
+        self.sets = {"text": VectorSet("text", manifest.text, _to_gpu(open_shards(self.path, manifest.text)))}
+        if manifest.image is not None:
             owners = self.con.execute("SELECT vec_id FROM image_vectors ORDER BY pos").fetchnumpy()["vec_id"]
-            shards = _to_gpu(open_shards(self.path, section))
-            self.sets["image"] = VectorSet("image", section, shards, np.asarray(owners, dtype=np.int64))
+            shards = _to_gpu(open_shards(self.path, manifest.image))
+            self.sets["image"] = VectorSet("image", manifest.image, shards, np.asarray(owners, dtype=np.int64))
 
     @property
     def shards(self) -> list[fx.Shard]:
         return self.sets["text"].shards
 
     @property
-    def embedder(self) -> dict[str, Any]:
-        return self.manifest["embedder"]
+    def embedder(self) -> Mapping[str, Any]:
+        return self.manifest.text.embedder
 
     @property
     def nprobe(self) -> int:
@@ -164,6 +170,13 @@ class IndexReader:
             hint = "clip_checkpoint" if space == "image" else None
             raise RetrievalError(f"{self.path}: the index holds no {space} vectors; {how}", hint=hint)
         return found
+
+    def recall_sample(self, space: str = "text") -> tuple[np.ndarray, np.ndarray]:
+        """The queries kept at build time and their exact top-10 ids, to measure recall without the
+        raw vectors."""
+        self.vector_set(space)
+        folder = store.eval_folder(self.path, space)
+        return np.load(folder / "queries.npy"), np.load(folder / "truth_ids.npy")
 
     def close(self) -> None:
         self.con.close()
@@ -302,7 +315,7 @@ class IndexReader:
         compressed index)."""
         shards = sorted(self.shards, key=lambda s: s.first_id)
         owner = np.searchsorted([s.first_id for s in shards], ids, side="right") - 1
-        vectors = np.zeros((len(ids), self.embedder["dim"]), dtype=np.float32)
+        vectors = np.zeros((len(ids), max((s.index.d for s in shards), default=0)), dtype=np.float32)
         for number, shard in enumerate(shards):
             if not (rows := np.flatnonzero(owner == number)).size:
                 continue
@@ -333,7 +346,7 @@ class IndexReader:
         if "image" not in self.sets:
             return {}
         (images, tweets) = self.con.execute("SELECT count(*), count(DISTINCT vec_id) FROM image_vectors").fetchone()
-        missing = self.manifest["image"].get("missing_media", {})
+        missing = self.sets["image"].info.missing_media
         return {"image_vectors": images, "tweets_with_images": tweets, "missing_media": sum(missing.values())}
 
 

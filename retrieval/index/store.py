@@ -7,10 +7,8 @@ renames it into place, so a killed build leaves the old index or none, never a b
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import errno
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,15 +23,14 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from retrieval.errors import IndexCorrupt, IndexNotFound, RetrievalError
+from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
 from retrieval.index.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
+from retrieval.index.manifest import Manifest, ShardEntry, VectorSetInfo, now, read_manifest
 from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""2: the manifest has a version, a checksum of itself and every file's size, mtime and sha256."""
 EVAL_QUERIES = 1000
 TRUTH_K = 10
 IMAGE_PREFIX = "image/"
@@ -66,7 +63,7 @@ class ImageVectors:
     vectors: np.ndarray
     rows: np.ndarray
     sources: list[str]
-    embedder: dict[str, Any]
+    embedder: Mapping[str, Any]
     failures: list[tuple[int, str, str]] = field(default_factory=list)
     """Media that could not be embedded: (table row, source, why: offline, timeout, corrupt image, ...)."""
 
@@ -76,11 +73,11 @@ class ImageVectors:
         return dict(Counter(problem for _, _, problem in self.failures))
 
 
-def _write_shard(folder: Path, prefix: str, number: int, shard: faiss.Index, first_id: int) -> dict[str, Any]:
+def _write_shard(folder: Path, prefix: str, number: int, shard: faiss.Index, first_id: int) -> ShardEntry:
     name = f"{prefix}shards/{number:04d}.faiss"
     (folder / prefix / "shards").mkdir(parents=True, exist_ok=True)
     _write_faiss(shard, folder / name)
-    return {"file": name, "first_id": first_id, "rows": int(shard.ntotal), "sha256": sha256(folder / name)}
+    return ShardEntry(name, first_id, int(shard.ntotal), sha256(folder / name))
 
 
 def open_meta(path: Path) -> duckdb.DuckDBPyConnection:
@@ -172,20 +169,32 @@ def _save_eval(folder: Path, queries: np.ndarray, truth: tuple[np.ndarray, np.nd
     np.save(folder / "eval" / "truth_ids.npy", truth[1])
 
 
+def eval_folder(path: Path, space: str) -> Path:
+    """Where a vector set keeps its recall sample: queries.npy, truth_scores.npy, truth_ids.npy."""
+    return Path(path) / ("" if space == "text" else IMAGE_PREFIX) / "eval"
+
+
 def _split(n: int, shards: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, n, max(1, min(shards, n)) + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _new_set(
-    root: Path, prefix: str, vectors: np.ndarray, *, factory: str | None, shards: int, memory_budget: float
-) -> dict[str, Any]:
+    root: Path,
+    prefix: str,
+    vectors: np.ndarray,
+    embedder: Mapping[str, Any],
+    *,
+    factory: str | None,
+    shards: int,
+    memory_budget: float,
+) -> VectorSetInfo:
     """Train one vector set, write its shards, trained index and recall sample under root/prefix.
 
-    Returns its manifest section. An empty set has no files and no shards.
+    An empty set has no files and no shards.
     """
     if len(vectors) == 0:
-        return {"factory": None, "nprobe": 1, "recall_at_10": None, "bytes_per_vector": 0.0, "shards": []}
+        return VectorSetInfo(embedder)
     d = vectors.shape[1]
     factory = factory or fx.choose_factory(len(vectors), d, memory_budget)
     log.info("training %s on %d vectors", factory, len(vectors))
@@ -196,24 +205,25 @@ def _new_set(
     (root / prefix).mkdir(parents=True, exist_ok=True)
     _write_faiss(trained, root / prefix / "trained.faiss")
     _save_eval(root / prefix, queries, truth)
-    return {
-        "factory": factory,
-        "nprobe": nprobe,
-        "recall_at_10": round(recall, 4),
-        "bytes_per_vector": fx.bytes_per_vector(trained),
-        "shards": [_write_shard(root, prefix, i, s.index, s.first_id) for i, s in enumerate(built)],
-    }
+    return VectorSetInfo(
+        embedder,
+        factory=factory,
+        nprobe=nprobe,
+        recall_at_10=round(recall, 4),
+        bytes_per_vector=fx.bytes_per_vector(trained),
+        shards=tuple(_write_shard(root, prefix, i, s.index, s.first_id) for i, s in enumerate(built)),
+    )
 
 
-def _grow_set(old: Path, tmp: Path, section: dict[str, Any], prefix: str, vectors: np.ndarray, first: int) -> None:
-    """Add vectors to a set as one new shard cloned from its trained index (no retraining), then
-    extend the stored exact top-k and re-tune nprobe, in place in `section`."""
+def _grow_set(old: Path, tmp: Path, vset: VectorSetInfo, prefix: str, vectors: np.ndarray, first: int) -> VectorSetInfo:
+    """A set with the vectors added as one new shard cloned from its trained index (no
+    retraining), its stored exact top-k extended and nprobe re-tuned."""
     trained = old / prefix / "trained.faiss"
     if not trained.exists():
         raise RetrievalError(f"{old}: the index was built without {prefix.strip('/') or 'text'} vectors; rebuild it")
-    opened = open_shards(old, section)
+    opened = open_shards(old, vset)
     shard = fx.new_shard(faiss.read_index(str(trained)), vectors)
-    section["shards"].append(_write_shard(tmp, prefix, len(section["shards"]), shard, first))
+    entry = _write_shard(tmp, prefix, len(vset.shards), shard, first)
     opened.append(fx.Shard(shard, first))
     queries = np.load(tmp / prefix / "eval" / "queries.npy")
     truth = (np.load(tmp / prefix / "eval" / "truth_scores.npy"), np.load(tmp / prefix / "eval" / "truth_ids.npy"))
@@ -221,7 +231,7 @@ def _grow_set(old: Path, tmp: Path, section: dict[str, Any], prefix: str, vector
     truth = fx.merge_results(truth, new, truth[1].shape[1])
     _save_eval(tmp / prefix, queries, truth)
     nprobe, recall = fx.tune_nprobe(opened, queries, truth[1])
-    section.update(nprobe=nprobe, recall_at_10=round(recall, 4))
+    return dataclasses.replace(vset, shards=(*vset.shards, entry), nprobe=nprobe, recall_at_10=round(recall, 4))
 
 
 def build(
@@ -230,13 +240,13 @@ def build(
     table: pa.Table,
     has_vector: np.ndarray,
     *,
-    embedder: dict[str, Any],
+    embedder: Mapping[str, Any],
     factory: str | None = None,
     shards: int = 1,
     memory_budget: float = 4 * 2**30,
     source: str = "",
     images: ImageVectors | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write a new index folder at `out` (replacing any old one atomically) and return its manifest.
 
     `vectors` holds one text vector per True in `has_vector`, in table order; `images` an
@@ -248,30 +258,23 @@ def build(
     table, has_vector, where = _order_vectors_first(table, has_vector)
     version = _current_version(Path(out)) + 1
     with atomic_folder(out) as tmp:
-        text = _new_set(tmp, "", vectors, factory=factory, shards=shards, memory_budget=memory_budget)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "version": version,
-            "embedder": embedder,
-            "metric": "inner_product",
-            **text,
-        }
+        text = _new_set(tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget)
         _write_table(tmp, table, has_vector, 0, source, fresh=True)
+        image = None
         if images is not None:
             image = _new_set(
-                tmp, IMAGE_PREFIX, images.vectors, factory=None, shards=shards, memory_budget=memory_budget
+                tmp,
+                IMAGE_PREFIX,
+                images.vectors,
+                images.embedder,
+                factory=None,
+                shards=shards,
+                memory_budget=memory_budget,
             )
+            image = dataclasses.replace(image, next_pos=len(images.vectors), missing_media=images.missing)
             _write_image_rows(tmp, 0, images, where)
-            manifest["image"] = {
-                "embedder": images.embedder,
-                **image,
-                "next_pos": len(images.vectors),
-                "missing_media": dict(images.missing),
-            }
-        manifest["next_id"] = table.num_rows
-        manifest["built_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        _write_manifest(tmp, manifest)
-    return manifest
+        manifest = Manifest(text, next_id=table.num_rows, version=version, image=image, built_at=now())
+        return _write_manifest(tmp, manifest)
 
 
 def add(
@@ -282,36 +285,37 @@ def add(
     *,
     source: str = "",
     images: ImageVectors | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Append rows as one new shard per vector set, cloned from the trained empty index: no retraining."""
     manifest = read_manifest(path)
     check(path, manifest)
-    if images is not None and len(images.vectors) and "image" not in manifest:
+    if images is not None and len(images.vectors) and manifest.image is None:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP checkpoint")
     table, has_vector, where = _order_vectors_first(table, has_vector)
-    first_id = int(manifest["next_id"])
+    first_id = manifest.next_id
     with atomic_folder(path) as tmp:
         _link_copy(path, tmp)
-        if len(vectors):
-            _grow_set(path, tmp, manifest, "", vectors, first_id)
+        text = _grow_set(path, tmp, manifest.text, "", vectors, first_id) if len(vectors) else manifest.text
         _write_table(tmp, table, has_vector, first_id, source, fresh=False)
-        if images is not None and "image" in manifest:
-            section = manifest["image"]
-            missing = section.setdefault("missing_media", {})
-            for problem, count in images.missing.items():
-                missing[problem] = missing.get(problem, 0) + count
-            first_pos = int(section["next_pos"])
-            if len(images.vectors) and not section["shards"]:  # a build that found no usable image
-                section.update(_new_set(tmp, IMAGE_PREFIX, images.vectors, factory=None, shards=1, memory_budget=1e18))
-            elif len(images.vectors):
-                _grow_set(path, tmp, section, IMAGE_PREFIX, images.vectors, first_pos)
-            section["next_pos"] = first_pos + len(images.vectors)
-            _write_image_rows(tmp, first_pos, images, where + first_id)
-        manifest["next_id"] = first_id + table.num_rows
-        manifest["version"] += 1
-        manifest["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        _write_manifest(tmp, manifest)
-    return manifest
+        image = manifest.image
+        if images is not None and image is not None:
+            image = _grow_images(path, tmp, image, images)
+            _write_image_rows(tmp, manifest.image.next_pos, images, where + first_id)
+        grown = manifest.replace(
+            text=text, image=image, next_id=first_id + table.num_rows, version=manifest.version + 1, updated_at=now()
+        )
+        return _write_manifest(tmp, grown)
+
+
+def _grow_images(path: Path, tmp: Path, vset: VectorSetInfo, images: ImageVectors) -> VectorSetInfo:
+    """The image set with new image vectors (a first shard if the build found no usable image)."""
+    missing = Counter(vset.missing_media) + Counter(images.missing)
+    first_pos = vset.next_pos
+    if len(images.vectors) and not vset.shards:
+        vset = _new_set(tmp, IMAGE_PREFIX, images.vectors, vset.embedder, factory=None, shards=1, memory_budget=1e18)
+    elif len(images.vectors):
+        vset = _grow_set(path, tmp, vset, IMAGE_PREFIX, images.vectors, first_pos)
+    return dataclasses.replace(vset, next_pos=first_pos + len(images.vectors), missing_media=dict(missing))
 
 
 def _link_copy(path: Path, tmp: Path) -> None:
@@ -328,66 +332,36 @@ def _link_copy(path: Path, tmp: Path) -> None:
             shutil.copy2(item, target)
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Last step of a write: list every file with its checksum, then checksum the manifest itself."""
-    manifest["files"] = file_entries(folder, manifest.get("files"))
-    manifest["manifest_sha256"] = _self_checksum(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _self_checksum(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def _write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Last step of a write: list every file with its checksum, then write the manifest (which
+    checksums itself)."""
+    listed = manifest.replace(files=file_entries(folder, manifest.files))
+    listed.write(folder)
+    return listed
 
 
 def _current_version(path: Path) -> int:
     """The version of the index a build replaces (0 when none, or when it cannot be read)."""
     try:
-        return int(read_manifest(path)["version"])
+        return read_manifest(path).version
     except RetrievalError:
         return 0
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    file = Path(path) / "manifest.json"
-    if not file.exists():
-        raise IndexNotFound(f"{path}: not an index (no manifest.json); build one with `index build`")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexCorrupt(f"{file}: damaged, not valid JSON ({e}); rebuild the index") from None
-    found = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if found == 1:
-        return _from_format_1(manifest)
-    if found != FORMAT_VERSION:
-        raise IndexCorrupt(f"{file}: format version {found}, this version reads 1 and {FORMAT_VERSION}")
-    if manifest.get("manifest_sha256") != _self_checksum(manifest):
-        raise IndexCorrupt(f"{file}: damaged (its checksum differs from its content); rebuild the index")
-    return manifest
-
-
-def _from_format_1(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 manifest checksummed its shards only: those are its file list (size and mtime
-    unknown, so they are hashed by full checks only). The next `index add` writes format 2."""
-    sets = [manifest, *([manifest["image"]] if "image" in manifest else [])]
-    files = {e["file"]: {"bytes": None, "mtime_ns": None, "sha256": e["sha256"]} for s in sets for e in s["shards"]}
-    return {**manifest, "format_version": FORMAT_VERSION, "version": 1, "files": files}
-
-
-def check(path: Path, manifest: dict[str, Any], *, full: bool = False) -> None:
+def check(path: Path, manifest: Manifest, *, full: bool = False) -> None:
     """Raise IndexCorrupt, in one line, when a file of the index differs from its manifest."""
-    if damaged := damaged_files(Path(path), manifest["files"], full=full):
+    if damaged := damaged_files(Path(path), manifest.files, full=full):
         name, problem = next(iter(damaged.items()))
         more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
         raise IndexCorrupt(f"{path}: damaged: {name}: {problem}{more}", hint="verify", value=str(path))
 
 
-def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[fx.Shard]:
-    """Load one vector set's shards (the manifest itself for text, manifest["image"] for images),
-    memory-mapped where the index type allows, so opening a big index is cheap."""
+def open_shards(path: Path, vset: VectorSetInfo, mmap: bool = True) -> list[fx.Shard]:
+    """Load one vector set's shards, memory-mapped where the index type allows, so opening a
+    big index is cheap."""
     shards = []
-    for entry in section["shards"]:
-        file = Path(path) / entry["file"]
+    for entry in vset.shards:
+        file = Path(path) / entry.file
         if not file.exists():
             raise IndexCorrupt(f"{file}: shard file missing")
         try:
@@ -397,71 +371,5 @@ def open_shards(path: Path, section: dict[str, Any], mmap: bool = True) -> list[
                 index = faiss.read_index(str(file))
         except RuntimeError as e:
             raise IndexCorrupt(f"{file}: faiss cannot read it ({str(e).strip().splitlines()[-1]})") from None
-        shards.append(fx.Shard(index, int(entry["first_id"])))
+        shards.append(fx.Shard(index, entry.first_id))
     return shards
-
-
-def verify(path: Path) -> list[str]:
-    """Problems found (empty when sound): every file's checksum, meta.duckdb readable end to end
-    with the rows and ids the manifest promises, and a row for every FAISS id."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    damaged = damaged_files(path, manifest["files"], full=True)
-    problems = [f"{name}: {problem}" for name, problem in damaged.items()]
-    try:
-        with open_meta(path) as con:
-            problems += _verify_table(con, int(manifest["next_id"]))
-            text_rows = "SELECT count(*) FROM tweets WHERE has_vector AND vec_id >= ? AND vec_id < ?"
-            problems += _verify_set(
-                path, manifest, con, text_rows, "SELECT count(*) FROM tweets WHERE has_vector", damaged
-            )
-            if "image" in manifest:
-                image_rows = (
-                    "SELECT count(*) FROM image_vectors i JOIN tweets t USING (vec_id) WHERE pos >= ? AND pos < ?"
-                )
-                total = "SELECT count(*) FROM image_vectors"
-                problems += _verify_set(path, manifest["image"], con, image_rows, total, damaged)
-    except duckdb.Error as e:
-        problems.append(f"meta.duckdb: cannot be read ({str(e).strip().splitlines()[0]})")
-    return problems
-
-
-def _verify_table(con: duckdb.DuckDBPyConnection, next_id: int) -> list[str]:
-    """The ids the shards and the manifest count on: 0..next_id-1, each once (the file's bytes
-    are already checked against the manifest's sha256)."""
-    rows, low, high, distinct = con.execute(
-        "SELECT count(*), min(vec_id), max(vec_id), count(DISTINCT vec_id) FROM tweets"
-    ).fetchone()
-    if rows != next_id or distinct != rows or (rows and (low != 0 or high != next_id - 1)):
-        wanted = f"{next_id} rows with ids 0..{next_id - 1}"
-        return [f"meta.duckdb: {rows} rows with ids {low}..{high}, the manifest says {wanted}"]
-    return []
-
-
-def _verify_set(
-    path: Path,
-    section: dict[str, Any],
-    con: duckdb.DuckDBPyConnection,
-    in_range: str,
-    total: str,
-    damaged: Mapping[str, str],
-) -> list[str]:
-    """Counts of one vector set; `in_range` counts the rows a shard's ids must have; the shards in
-    `damaged` (file -> problem) are not read."""
-    problems = []
-    for entry in section["shards"]:
-        if entry["file"] in damaged:
-            continue
-        file = path / entry["file"]
-        ntotal = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY).ntotal
-        first = entry["first_id"]
-        if ntotal != entry["rows"]:
-            problems.append(f"{entry['file']}: {ntotal} vectors, manifest says {entry['rows']}")
-        (rows,) = con.execute(in_range, [first, first + ntotal]).fetchone()
-        if rows != ntotal:
-            problems.append(f"{entry['file']}: {ntotal - rows} FAISS ids have no row in meta.duckdb")
-    (stored,) = con.execute(total).fetchone()
-    expected = sum(e["rows"] for e in section["shards"])
-    if stored != expected:
-        problems.append(f"meta.duckdb: {stored} rows with vectors, shards hold {expected}")
-    return problems

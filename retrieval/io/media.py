@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from retrieval.config import cache_dir
-from retrieval.io.tweets import read_media
+from retrieval.errors import RetrievalError
+from retrieval.io.media_values import read_media
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -320,3 +321,11 @@ class MediaFetcher:
             log.warning("cannot cache %s: %s", path, e)
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+
+def load_image(source: str | Path) -> Image.Image:
+    """One query image from a file or URL, or a one-line error saying why it cannot be used."""
+    found = MediaFetcher().fetch([str(source)])[0]
+    if found.image is None:
+        raise RetrievalError(f"{source}: {found.problem}")
+    return found.image

@@ -15,11 +15,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from retrieval.embed.cache import CachedEmbedder
-from retrieval.embed.text import Embedder, embedder_for_index, embedder_info, index_precision, text_embedder
+from retrieval.embed.cache import CachedEmbedder, cached_text_embedder
+from retrieval.embed.text import (
+    Embedder,
+    Precision,
+    check_same_embedder,
+    embedder_for_index,
+    embedder_info,
+    index_precision,
+    text_embedder,
+)
 from retrieval.errors import DataError, RetrievalError
 from retrieval.index import store
 from retrieval.index.folder import writer
+from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.reader import IndexReader
 from retrieval.index.store import ImageVectors
 from retrieval.io.media import MediaFetcher, image_sources, images_in_folder
@@ -42,7 +51,7 @@ class BuildReport:
     from_cache: int
     rejected: int
     rejects_path: Path | None
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     images: ImageVectors | None = None
     text: bool = True
@@ -55,7 +64,7 @@ class BuildReport:
             line += f"; {self.metadata_only} metadata-only rows without text"
         if self.text:
             line += f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
-        line += f"; now version {self.manifest['version']}, {self.manifest['next_id']} rows"
+        line += f"; now version {self.manifest.version}, {self.manifest.next_id} rows"
         return line + (f"\n{self.image_summary()}" if self.images is not None else "")
 
     def image_summary(self) -> str:
@@ -123,17 +132,9 @@ def embed_images(table: pa.Table, source: ImageSource, *, progress: bool = True)
             rows += [row for row, _ in good]
             sources += [m.source for _, m in good]
         failures += [(row, m.source, m.problem or "unknown") for (row, _), m in zip(chunk, media) if m.image is None]
-    clip = source.clip
-    info = {
-        "name": clip.name,
-        "dim": clip.dim,
-        "model": clip.model_name,
-        "checkpoint": str(clip.checkpoint),
-        "model_id": clip.model_id,
-    }
     if not vectors:
-        vectors.append(np.zeros((0, clip.dim), dtype=np.float32))
-    return ImageVectors(np.vstack(vectors), np.array(rows, dtype=np.int64), sources, info, failures)
+        vectors.append(np.zeros((0, source.clip.dim), dtype=np.float32))
+    return ImageVectors(np.vstack(vectors), np.array(rows, dtype=np.int64), sources, source.clip.record(), failures)
 
 
 def _report(
@@ -142,7 +143,7 @@ def _report(
     has_vector: np.ndarray,
     rejects: list[Reject],
     folder: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     embedder: Embedder | None,
     images: ImageVectors | None,
 ) -> BuildReport:
@@ -159,7 +160,7 @@ def _report(
         rejects_path=rejects_path,
         manifest=manifest,
         images=images,
-        text=bool(manifest["shards"]),
+        text=manifest.has_text,
     )
 
 
@@ -277,55 +278,52 @@ def add_to_index(
     """
     path = Path(path)
     with writer(path, wait=wait, create=False):
-        manifest = store.read_manifest(path)
-        text = bool(manifest["shards"])
+        manifest = read_manifest(path)
+        text = manifest.has_text
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
         return _add(loaded, path, manifest, embedder, progress, images)
+
+
+def embedder_for_adding(
+    path: str | Path,
+    *,
+    precision: Precision | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    cache: bool = True,
+) -> Embedder | None:
+    """The text model to extend an index with: the one it was built with, at its precision
+    unless another is asked for (which `add_to_index` then refuses); None for an index of images."""
+    info = read_manifest(path).text.embedder
+    if not info.get("name"):
+        return None
+    precision = precision or index_precision(info)
+    return cached_text_embedder(info["name"], precision=precision, batch_size=batch_size, threads=threads, cache=cache)
 
 
 def _add(
     loaded: LoadResult,
     path: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     embedder: Embedder | None,
     progress: bool,
     images: ImageSource | None,
 ) -> BuildReport:
-    text = bool(manifest["shards"])
+    text = manifest.has_text
     table, rejects = _drop_known_ids(path, loaded)
     if text:
-        embedder = embedder or embedder_for_index(manifest["embedder"])
-        _check_embedder(path, manifest["embedder"], embedder)
+        embedder = embedder or embedder_for_index(manifest.text.embedder)
+        check_same_embedder(manifest.text.embedder, embedder, path)
     if images is not None:
-        _check_same_clip(path, manifest, images.clip)
-    elif "image" in manifest:
+        if manifest.image is None:
+            raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP model")
+        images.clip.check_built_with(manifest.image.embedder, path)
+    elif manifest.image is not None:
         log.warning("%s has image vectors but no CLIP model was given: the new tweets' images are not embedded", path)
     vectors, has_vector = _embed(embedder if text else None, table, progress)
     image_vectors = embed_images(table, images, progress=progress) if images else None
     manifest = store.add(path, vectors, table, has_vector, source=loaded.path, images=image_vectors)
     return _report(loaded, table, has_vector, rejects, path, manifest, embedder if text else None, image_vectors)
-
-
-def _check_same_clip(path: Path, manifest: dict[str, Any], clip: ClipEmbedder) -> None:
-    built = manifest.get("image", {}).get("embedder")
-    if built is None:
-        raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP model")
-    clip.check_built_with(built, path)
-
-
-def _check_embedder(path: Path, info: Mapping[str, Any], embedder: Embedder) -> None:
-    """New vectors must be comparable with the indexed ones: same width, same precision."""
-    if embedder.dim != info["dim"]:
-        raise RetrievalError(f"{path}: index holds {info['dim']}-d vectors, embedder gives {embedder.dim}-d")
-    wanted = index_precision(info)
-    given = getattr(embedder, "precision", wanted)
-    if given != wanted:
-        raise RetrievalError(
-            f"{path}: index was built with {info['name']} {info.get('precision', 'fp32')}; "
-            f"adding {given} vectors would mix precisions",
-            hint="precision",
-            value=wanted,
-        )
 
 
 def _drop_known_ids(path: Path, loaded: LoadResult) -> tuple[pa.Table, list[Reject]]:

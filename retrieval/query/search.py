@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,9 @@ import numpy as np
 
 from retrieval.embed.text import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
+from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import SPACES, Filters, IndexReader
+from retrieval.schema import stored_media
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -31,7 +32,7 @@ class Hit:
         tweet = {k: v for k, v in self.tweet.items() if k not in ("has_vector", "row", "source")}
         if tweet.get("date") is not None:
             tweet["date"] = tweet["date"].isoformat()
-        tweet["media"] = json.loads(tweet["media"] or "[]")
+        tweet["media"] = stored_media(tweet["media"])
         return {"rank": self.rank, "score": round(self.score, 4), **tweet}
 
 
@@ -41,6 +42,17 @@ def open_index(
     """An index opened for queries with the models it was built with (the text model loads on
     first use); `check` hashes every file first instead of only the changed ones."""
     return Searcher.open(path, embedder, clip=clip, check=check)
+
+
+def index_clip(
+    path: str | Path | None, checkpoint: str | Path | None = None, model: str | None = None
+) -> ClipEmbedder | None:
+    """The CLIP model asked for or, for an index with image vectors, the one it was built with
+    (while that file is still there); None means text only."""
+    from retrieval.embed.clip import clip_for
+
+    image = read_manifest(path).image if path is not None else None
+    return clip_for(checkpoint, model, image.embedder if image is not None else None)
 
 
 class Searcher:
@@ -53,14 +65,14 @@ class Searcher:
     def __init__(
         self, reader: IndexReader, embedder: Embedder | None = None, *, clip: ClipEmbedder | None = None
     ) -> None:
-        if embedder is not None and embedder.dim != reader.embedder["dim"]:
+        dim = reader.sets["text"].dim
+        if embedder is not None and dim and embedder.dim != dim:
             raise RetrievalError(
-                f"{reader.path}: index holds {reader.embedder['dim']}-d vectors, "
-                f"embedder {embedder.name} gives {embedder.dim}-d"
+                f"{reader.path}: index holds {dim}-d vectors, embedder {embedder.name} gives {embedder.dim}-d"
             )
-        image = reader.manifest.get("image", {}).get("embedder")
+        image = reader.manifest.image
         if clip is not None and image is not None:
-            clip.check_built_with(image, reader.path)
+            clip.check_built_with(image.embedder, reader.path)
         self.reader = reader
         self._embedder = embedder
         self.clip = clip

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.index.reader import Filters
+from retrieval.schema import stored_media
 from retrieval.tasks.generate.llm import Generator, Messages
 from retrieval.tasks.generate.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
 
@@ -136,7 +136,7 @@ class Candidate:
 
 def describe_media(media: str | Sequence[dict[str, Any]] | None) -> str:
     """'a photo', '2 photos and a video', ... from the index's media JSON (URLs are dead offline)."""
-    items = json.loads(media) if isinstance(media, str) else list(media or [])
+    items = stored_media(media) if isinstance(media, str) else list(media or [])
     counts: dict[str, int] = {}
     for item in items:
         kind = {"gif": "GIF"}.get(str(item.get("kind")), str(item.get("kind")))
@@ -311,7 +311,8 @@ def rank_candidates(
     no likes (or no history before the brief's date). Returns the ranked list and the method;
     None, in the order generated and with nothing embedded, when neither is possible or needed.
     """
-    from retrieval.tasks.likes.predict import IndexHistory, Query, predict_likes
+    from retrieval.tasks.likes.history import IndexHistory
+    from retrieval.tasks.likes.predict import Query, predict_likes
 
     query = Query(brief.username, brief.company, brief.date)
     try:

@@ -19,7 +19,7 @@ it. Time: a dated query sees only tweets dated strictly before it (undated tweet
 left out, since nothing proves they came earlier); an undated query sees every tweet.
 
 A `History` gives the neighbours and the sums: `IndexHistory` here (FAISS + DuckDB), and
-`evaluate.ArrayHistory` (numpy, for cross-validation); `combine` does the rest for both.
+`ArrayHistory` (numpy, for cross-validation), both in `history.py`; `combine` does the rest for both.
 """
 
 from __future__ import annotations
@@ -36,11 +36,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.index.reader import Filters, IndexReader
 
 log = logging.getLogger(__name__)
-
-_STATS_CACHE = 64
 
 
 @dataclass(frozen=True)
@@ -379,68 +376,3 @@ def predict_likes(
         found = history.neighbours(vector, query, config, images[n] if images is not None else None)
         out.append(combine(found, history.stats(query.date), query, config))
     return out
-
-
-class IndexHistory:
-    """Past tweets from an index: neighbours through FAISS (time filter as an id selector),
-    sums by SQL over every row with likes, metadata-only rows included."""
-
-    def __init__(self, reader: IndexReader) -> None:
-        self.reader = reader
-        (count, first, last) = reader.likes_span()
-        if not count:
-            raise RetrievalError(f"{reader.path}: the index holds no tweets with likes, so it cannot predict them")
-        self.first_date: dt.datetime | None = first
-        self.last_date: dt.datetime | None = last
-        self.account_company = reader.account_companies()
-        self._stats: dict[dt.datetime | None, GroupStats] = {}
-
-    def check(self, query: Query) -> None:
-        if query.date is not None and (self.first_date is None or query.date <= self.first_date):
-            since = f"its first dated tweet is from {self.first_date:%Y-%m-%d}" if self.first_date else "none is dated"
-            raise RetrievalError(
-                f"{self.reader.path}: no tweets with likes before {query.date:%Y-%m-%d %H:%M} ({since})",
-                hint="date",
-            )
-        if query.date is not None and self.last_date is not None and query.date > self.last_date:
-            log.info("%s is after the last dated tweet (%s): all dated history is used", query.date, self.last_date)
-
-    def neighbours(
-        self, vector: np.ndarray, query: Query, config: PredictConfig, image: np.ndarray | None = None
-    ) -> Found:
-        """Text neighbours and, for a tweet with an image in an index with image vectors, image
-        neighbours too (each space searched with the same filters, weighted apart in `combine`)."""
-        found = [(i, s, "text") for i, s in self._search(vector, query, config, "text")]
-        if image is not None and self.reader.has_vectors("image"):
-            found += [(i, s, "image") for i, s in self._search(image, query, config, "image")]
-        by_id = {r["vec_id"]: r for r in self.reader.rows(sorted({i for i, _, _ in found}))}
-        found = [f for f in found if f[0] in by_id]
-        rows = [by_id[i] for i, _, _ in found]
-        return Found(
-            ids=np.array([i for i, _, _ in found], dtype=np.int64),
-            scores=np.array([s for _, s, _ in found], dtype=np.float64),
-            values=np.log1p(np.array([r["likes"] for r in rows], dtype=np.float64)),
-            usernames=[r["username"] for r in rows],
-            companies=[r["company"] for r in rows],
-            rows=rows,
-            spaces=[space for _, _, space in found],
-        )
-
-    def _search(self, vector: np.ndarray, query: Query, config: PredictConfig, space: str) -> list[tuple[int, float]]:
-        """k neighbours with likes from before the query, plus k_account more from its own account."""
-        until = query.date - dt.timedelta(microseconds=1) if query.date else None
-        found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0), space=space)[0]
-        if config.k_account and key(query.username):
-            own = Filters(username=query.username, until=until, min_likes=0)
-            seen = {i for i, _ in found}
-            more = self.reader.search(vector[None], config.k_account, filters=own, space=space)[0]
-            found += [h for h in more if h[0] not in seen]
-        return found
-
-    def stats(self, cutoff: dt.datetime | None) -> GroupStats:
-        if cutoff not in self._stats:
-            groups = self.reader.likes_by_group(cutoff)
-            if len(self._stats) >= _STATS_CACHE:
-                self._stats.clear()
-            self._stats[cutoff] = GroupStats.from_groups(groups, self.account_company)
-        return self._stats[cutoff]

@@ -1,0 +1,164 @@
+"""`eval search | likes | generate`: measure quality and speed, the figures in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from retrieval.apps.cli import render
+from retrieval.apps.cli.options import (
+    EMBEDDING,
+    GENERATION,
+    INDEX,
+    JSON,
+    NPROBE,
+    PARAMS,
+    SPACE,
+    TEXT_MODEL,
+    generate_config,
+    parse_params,
+    root_threads,
+    text_embedder,
+    user_errors,
+)
+
+
+@click.group("eval")
+def evaluate() -> None:
+    """Measure search quality and speed, likes prediction and generation."""
+
+
+@evaluate.command("search")
+@INDEX
+@NPROBE
+@SPACE
+@JSON
+def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: bool) -> None:
+    """Recall against exact search (1-recall@1, 10-recall@10), ms per query, bytes per vector."""
+    from retrieval.evaluation.search import eval_search
+    from retrieval.index.reader import IndexReader
+
+    with user_errors(), IndexReader(index_path) as reader:
+        result = eval_search(reader, nprobe=nprobe, space=space)
+    if as_json:
+        render.dump(result)
+    else:
+        render.key_values(result)
+
+
+@evaluate.command("likes")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None, help="Labelled file: k-fold CV.")
+@click.option("--index", "index_path", type=click.Path(path_type=Path), default=None, help="Index of reference tweets.")
+@click.option("--test", "test_path", type=click.Path(path_type=Path), default=None, help="Tweets to score (--index).")
+@click.option(
+    "--extra",
+    "extra_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --input: a file of likes (text ignored) added to every fold as metadata-only rows for the priors.",
+)
+@TEXT_MODEL
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option(
+    "--baselines",
+    default="global_median,account_median,gbm",
+    show_default=True,
+    help="Comma-separated baselines to run beside the kNN ('' for none).",
+)
+@EMBEDDING
+@PARAMS
+@JSON
+def eval_likes_cmd(
+    input_path: Path | None,
+    index_path: Path | None,
+    test_path: Path | None,
+    extra_path: Path | None,
+    model: str,
+    folds: int,
+    seed: int,
+    baselines: str,
+    batch_size: int,
+    precision: str | None,
+    no_cache: bool,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Likes prediction against baselines: CV inside --input, or --index predicting --test."""
+    from retrieval.evaluation.likes import LIKES_METRICS, likes_cv_on_file, likes_on_index_file
+
+    if not ((input_path and not index_path and not test_path) or (not input_path and index_path and test_path)):
+        raise click.UsageError("give either --input FILE, or --index DIR with --test FILE")
+    if extra_path is not None and input_path is None:
+        raise click.UsageError("--extra goes with --input; for an index, `index add FILE --allow-missing-text`")
+    chosen, config = _baselines(baselines), parse_params(params)
+    with user_errors():
+        if input_path is not None:
+            embedder = text_embedder(model, batch_size, precision, no_cache)
+            result = likes_cv_on_file(
+                input_path, embedder, extra=extra_path, folds=folds, seed=seed, config=config, baselines=chosen
+            )
+        else:
+            result = likes_on_index_file(index_path, test_path, config=config, baselines=chosen)
+    if as_json:
+        render.dump(result)
+        return
+    source = f"{folds}-fold CV on {input_path}" if input_path else f"{index_path} predicting {test_path}"
+    click.echo(f"{source}: {result['tweets']} tweets scored, {result['skipped_no_history']} with no earlier history")
+    render.metrics_table({"knn": result, **result["baselines"]}, LIKES_METRICS, 13)
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    from retrieval.evaluation.likes import BASELINES
+
+    chosen = tuple(b.strip() for b in text.split(",") if b.strip())
+    if unknown := set(chosen) - set(BASELINES):
+        raise click.BadParameter(f"unknown {sorted(unknown)}; use {', '.join(BASELINES)}", param_hint="--baselines")
+    return chosen
+
+
+@evaluate.command("generate")
+@INDEX
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="Tweets to rewrite.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip the first N tweets.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only N tweets of --input (after --offset).")
+@GENERATION
+@JSON
+def eval_generate_cmd(
+    index_path: Path,
+    input_path: Path,
+    offset: int,
+    limit: int | None,
+    llm_path: Path | None,
+    exemplars: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """BLEU-1..4 and ROUGE-L of retrieval only, the model alone and RAG, from metadata alone."""
+    from retrieval.evaluation.generation import SYSTEMS, eval_generation, load_rows
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import Generator
+
+    config = generate_config(max(exemplars, 1), max_tokens, temperature, seed)
+
+    def progress(done: int, total: int) -> None:
+        if not as_json and (done % 10 == 0 or done == total):
+            click.echo(f"{done}/{total} tweets", err=True)
+
+    with user_errors():
+        rows = load_rows(input_path, limit, offset=offset)
+        with Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads()) as generator:
+            result = eval_generation(Searcher.open(index_path), generator, rows, config, progress=progress)
+    result["input"] = str(input_path)
+    if as_json:
+        render.dump(result)
+        return
+    click.echo(
+        f"{result['tweets']} tweets of {input_path}, index {index_path} ({result['embedder']}), {result['model']}"
+    )
+    render.metrics_table({s: result[s] for s in SYSTEMS}, ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL"), 9, ".4f")
+    per = result["seconds_per_tweet"]
+    click.echo(f"tokens/s {result['tokens_per_s']}; s/tweet: rag {per['rag']}, llm_only {per['llm_only']}")

@@ -1,0 +1,95 @@
+"""`generate`: a tweet for an account, written from its own well-liked past tweets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import click
+
+from retrieval.apps.cli import render
+from retrieval.apps.cli.options import (
+    ACCOUNT,
+    CLIP,
+    GENERATION,
+    INDEX,
+    JSON,
+    generate_config,
+    image_option,
+    root_threads,
+    user_errors,
+)
+
+
+class TokenStream:
+    """Tokens as they come, on stderr (so stdout keeps only the result), under each candidate's number."""
+
+    def __init__(self) -> None:
+        self.current = -1
+
+    def __call__(self, n: int, piece: str) -> None:
+        if n != self.current:
+            self.current = n
+            click.echo(f"\n[candidate {n + 1}] ", nl=False, err=True)
+        click.echo(piece, nl=False, err=True)
+
+
+@click.command()
+@INDEX
+@ACCOUNT
+@click.option("--media", default="", help="What the picture or video shows, in words.")
+@click.option("--topic", default=None, help="What the tweet is about.")
+@click.option("--likes", type=click.IntRange(0), default=None, help="The likes wanted.")
+@click.option("--candidates", type=click.IntRange(1), default=1, show_default=True, help="Tweets to generate and rank.")
+@image_option("The picture (file or URL): CLIP describes it for --media, and its image neighbours join the exemplars.")
+@CLIP
+@GENERATION
+@JSON
+def generate(
+    index_path: Path,
+    username: str,
+    company: str | None,
+    date: dt.datetime | None,
+    media: str,
+    topic: str | None,
+    likes: int | None,
+    candidates: int,
+    image_path: str | None,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    llm_path: Path | None,
+    exemplars: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
+    from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
+    from retrieval.tasks.generate.rag import generate as run_generate
+
+    config = generate_config(exemplars, max_tokens, temperature, seed)
+    stream = TokenStream() if sys.stderr.isatty() else None
+    # the model first: a bad file fails before the index and CLIP load
+    with user_errors(), Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads()) as generator:
+        clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
+        searcher = Searcher.open(index_path, clip=clip)
+        image = None
+        if image_path is not None:
+            described, image = image_for_brief(searcher, load_image(image_path), media)
+            if described != media:
+                click.echo(f"media: {described}", err=True)
+            media = described
+        brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
+        found, method = run_generate(
+            searcher, generator, brief, config, candidates=candidates, on_token=stream, image=image
+        )
+        if stream:
+            click.echo(err=True)
+    if as_json:
+        render.dump({"model": generator.name, "ranked_by": method, "candidates": [c.to_json() for c in found]})
+    else:
+        render.candidates(found, method)

@@ -1,0 +1,253 @@
+"""What every command shares: its options (one meaning per name), their parsing, and how a
+library error becomes one line on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retrieval.errors import RetrievalError
+
+HINTS = {
+    "clip_checkpoint": "give --clip-checkpoint PATH (nothing is downloaded)",
+    "precision": "use --precision {value}",
+    "date": "give a later --date or none",
+    "verify": "run `index verify --index {value}`",
+    "encoding": "give --encoding, e.g. cp1252 or latin-1",
+}
+"""How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
+SPACES = ("text", "image")
+"""The vector sets of an index (retrieval.index.reader.SPACES), named the same in every command."""
+DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user or data error is one line on stderr and exit code 1, never a traceback."""
+    import duckdb
+
+    try:
+        yield
+    except RetrievalError as e:
+        hint = HINTS.get(e.hint, "") if e.hint else ""
+        raise click.ClickException(str(e) + ("; " + hint.format(value=e.value) if hint else "")) from None
+    except OSError as e:  # the library names the file where it can; this is the last resort
+        raise click.ClickException(f"{e.filename or 'error'}: {e.strerror or e}") from None
+    except duckdb.Error as e:
+        raise click.ClickException(f"database error: {str(e).strip().splitlines()[0]}") from None
+
+
+def combine(*decorators: Decorator) -> Decorator:
+    """Several options as one decorator, applied in the order listed (as if stacked)."""
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+INDEX = click.option(
+    "--index",
+    "index_path",
+    required=True,
+    envvar="RETRIEVAL_INDEX",
+    type=click.Path(path_type=Path),
+    help="Index folder (env RETRIEVAL_INDEX).",
+)
+SOURCE = click.argument("source", type=click.Path(path_type=Path))
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+CHECK = click.option(
+    "--check", is_flag=True, help="Checksum every file of the index before answering (default: only changed files)."
+)
+NO_WAIT = click.option(
+    "--no-wait", is_flag=True, help="Fail at once if another build or add is writing the index, instead of waiting."
+)
+TEXT_MODEL = click.option(
+    "--model",
+    default="mpnet",
+    show_default=True,
+    help="Text model: mpnet, minilm, or a local sentence-transformers folder.",
+)
+SPACE = click.option(
+    "--space",
+    type=click.Choice(SPACES),
+    default="text",
+    show_default=True,
+    help="text: the text model over tweet texts; image: CLIP over tweet images.",
+)
+NPROBE = click.option(
+    "--nprobe", type=click.IntRange(1), default=None, help="Lists to visit (default: the tuned value)."
+)
+
+
+def image_option(help: str) -> Decorator:
+    """--image FILE|URL, with what the command does with it."""
+    return click.option("--image", "image_path", default=None, help=help)
+
+
+INPUT_FILE = combine(
+    click.option(
+        "--column",
+        "columns",
+        multiple=True,
+        metavar="FIELD=COLUMN",
+        help="Map a field (id, text, username, company, date, likes, media) to a column of the file.",
+    ),
+    click.option(
+        "--encoding",
+        default=None,
+        help="Text encoding of a CSV file (default: UTF-8, else detected as cp1252/latin-1).",
+    ),
+    click.option(
+        "--allow-missing-text",
+        is_flag=True,
+        help="Keep rows that have likes but no text as metadata-only rows (they feed account statistics).",
+    ),
+)
+EMBEDDING = combine(
+    click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "int8", "fp16"]),
+        default=None,
+        help="fp32 (plain PyTorch), int8 (ONNX Runtime, CPU) or fp16 (CUDA). Default: fp16 on CUDA, "
+        "the CPU default chosen by bench/bench_embed.py otherwise; `index add` uses the index's own.",
+    ),
+    click.option("--no-cache", is_flag=True, help="Embed every text again, ignoring the cache."),
+)
+CLIP = combine(
+    click.option(
+        "--clip-checkpoint",
+        type=click.Path(path_type=Path),
+        default=None,
+        envvar="RETRIEVAL_CLIP_CHECKPOINT",
+        help="CLIP weights file (open_clip, .safetensors or .pt); nothing is downloaded. "
+        "Queries default to the one the index was built with.",
+    ),
+    click.option(
+        "--clip-model",
+        default=None,
+        help="open_clip architecture of the checkpoint (default: the index's, else ViT-B-32).",
+    ),
+)
+MEDIA = combine(
+    CLIP,
+    click.option(
+        "--images",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder of local images named by tweet id (123.jpg, 123_2.png), preferred over media URLs.",
+    ),
+    click.option("--offline", is_flag=True, help="Never download media; use local files only."),
+)
+FILTERS = combine(
+    click.option("--username", default=None, help="Only tweets from this account."),
+    click.option("--company", default=None, help="Only tweets of this company."),
+    click.option("--since", type=DATE, default=None, help="Only tweets on or after this date."),
+    click.option("--until", type=DATE, default=None, help="Only tweets on or before this date (whole day)."),
+    click.option("--min-likes", type=click.IntRange(0), default=None),
+)
+ACCOUNT = combine(
+    click.option("--username", required=True, help="The account that will post the tweet."),
+    click.option("--company", default=None, help="Its company (default: the one the index knows for the account)."),
+    click.option("--date", type=DATE, default=None, help="When it will be posted: only earlier tweets are used."),
+)
+PARAMS = click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a predictor setting (k, k_account, temperature, blend, ...); defaults are tuned.",
+)
+GENERATION = combine(
+    click.option(
+        "--llm",
+        "llm_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="A GGUF chat model (default: the bundled SmolLM2-135M-Instruct).",
+    ),
+    click.option(
+        "--exemplars", type=click.IntRange(0), default=5, show_default=True, help="Past tweets in the prompt."
+    ),
+    click.option("--max-tokens", type=click.IntRange(16), default=96, show_default=True),
+    click.option("--temperature", type=click.FloatRange(0), default=0.5, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets."),
+)
+
+
+def parse_bytes(text: str) -> float:
+    """A size such as 4G or 512M in bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 4G or 512M", param_hint="--memory") from None
+
+
+def parse_columns(pairs: tuple[str, ...]) -> dict[str, str]:
+    """--column FIELD=COLUMN pairs as a mapping."""
+    columns = {}
+    for pair in pairs:
+        field, sep, name = pair.partition("=")
+        if not sep or not field or not name:
+            raise click.BadParameter(f"{pair!r}: expected FIELD=COLUMN, e.g. text=body", param_hint="--column")
+        columns[field.strip()] = name.strip()
+    return columns
+
+
+def parse_params(pairs: tuple[str, ...]) -> Any:
+    """--param NAME=VALUE pairs as a PredictConfig."""
+    from retrieval.tasks.likes.predict import PredictConfig
+
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--param")
+        overrides[name.strip()] = value.strip()
+    with user_errors():
+        return PredictConfig.with_overrides(overrides)
+
+
+def root_threads() -> int | None:
+    """The group's --threads, for the embedder and llama.cpp (which take their thread counts per model)."""
+    return click.get_current_context().find_root().params.get("threads")
+
+
+def text_embedder(model: str, batch_size: int, precision: str | None, no_cache: bool) -> Any:
+    """The text model the options ask for, behind the embedding cache unless --no-cache."""
+    from retrieval.embed.cache import cached_text_embedder
+
+    return cached_text_embedder(
+        model, precision=precision, batch_size=batch_size, threads=root_threads(), cache=not no_cache
+    )  # type: ignore[arg-type]
+
+
+def image_source(clip: Any, images: Path | None, offline: bool) -> Any:
+    """How a build gets images: from --images and the media URLs, embedded by CLIP (None: no images)."""
+    from retrieval.io.media import MediaFetcher
+    from retrieval.pipeline.build import ImageSource
+
+    if clip is None:
+        if images is not None:
+            raise click.ClickException("--images needs a CLIP model: give --clip-checkpoint PATH")
+        return None
+    return ImageSource(clip, MediaFetcher(network=not offline), folder=images)
+
+
+def generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int) -> Any:
+    from retrieval.tasks.generate.rag import GenerateConfig
+
+    return GenerateConfig(exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed)

@@ -1,0 +1,122 @@
+"""`similar` and `predict`: questions about one tweet, answered from an index."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import click
+
+from retrieval.apps.cli import render
+from retrieval.apps.cli.options import (
+    ACCOUNT,
+    CHECK,
+    CLIP,
+    FILTERS,
+    INDEX,
+    JSON,
+    NPROBE,
+    PARAMS,
+    SPACE,
+    image_option,
+    parse_params,
+    user_errors,
+)
+
+
+@click.command()
+@click.argument("text", required=False)
+@INDEX
+@click.option("--id", "tweet_id", type=int, default=None, help="Query by an indexed tweet's id instead of text.")
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@FILTERS
+@NPROBE
+@image_option("Query by an image (file or URL) over the image vectors.")
+@SPACE
+@CLIP
+@CHECK
+@JSON
+def similar(
+    text: str | None,
+    index_path: Path,
+    tweet_id: int | None,
+    k: int,
+    username: str | None,
+    company: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    min_likes: int | None,
+    nprobe: int | None,
+    image_path: str | None,
+    space: str,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    check: bool,
+    as_json: bool,
+) -> None:
+    """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
+    from retrieval.index.reader import Filters, whole_day
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
+
+    if sum(x is not None for x in (text, tweet_id, image_path)) != 1:
+        raise click.UsageError("give one of TEXT, --id or --image")
+    filters = Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
+    with user_errors():
+        needs_clip = image_path is not None or space == "image"
+        clip = index_clip(index_path, clip_checkpoint, clip_model) if needs_clip else None
+        searcher = Searcher.open(index_path, clip=clip, check=check)
+        if image_path is not None:
+            hits = searcher.similar_image(load_image(image_path), k, filters=filters, nprobe=nprobe)
+        elif tweet_id is not None:
+            hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
+        else:
+            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe, space=space)
+    if as_json:
+        render.dump([h.to_json() for h in hits])
+    else:
+        render.hits(hits)
+
+
+@click.command()
+@click.argument("text")
+@INDEX
+@ACCOUNT
+@click.option("--show", type=click.IntRange(0), default=10, show_default=True, help="Neighbours to list.")
+@image_option("The tweet's image (file or URL): its image neighbours join the text ones.")
+@CLIP
+@PARAMS
+@CHECK
+@JSON
+def predict(
+    text: str,
+    index_path: Path,
+    username: str,
+    company: str | None,
+    date: dt.datetime | None,
+    show: int,
+    image_path: str | None,
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    params: tuple[str, ...],
+    check: bool,
+    as_json: bool,
+) -> None:
+    """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
+    from retrieval.tasks.likes.predictor import LikesPredictor
+
+    config = parse_params(params)
+    with user_errors():
+        clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
+        predictor = LikesPredictor(Searcher.open(index_path, clip=clip, check=check), config)
+        image = load_image(image_path) if image_path is not None else None
+        start = time.perf_counter()
+        found = predictor.predict(text, username, company, date, image=image)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+    if as_json:
+        render.dump({**found.to_json(), "elapsed_ms": round(elapsed_ms, 1)})
+    else:
+        render.prediction(found, username, show)

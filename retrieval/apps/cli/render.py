@@ -1,0 +1,156 @@
+"""How results look in a terminal: tables cut to its width, and JSON for --json."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
+
+from retrieval.schema import stored_media
+
+
+def dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def width() -> int:
+    return shutil.get_terminal_size((120, 20)).columns
+
+
+def cut(text: str | None, room: int) -> str:
+    """Text on one line, cut with an ellipsis to fit `room` characters."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= room else text[: max(0, room - 1)] + "…"
+
+
+def shown_text(tweet: Mapping[str, Any]) -> str:
+    """A tweet's text or, for a tweet without text, its media files or URLs."""
+    if tweet.get("content"):
+        return tweet["content"]
+    return " ".join(str(m.get("url") or m.get("thumbnail")) for m in stored_media(tweet.get("media"))) or "-"
+
+
+def day(when: Any) -> str:
+    return when.strftime("%Y-%m-%d") if when else "-"
+
+
+def hits(found: Sequence[Any]) -> None:
+    """`similar`: one line per hit, best first."""
+    if not found:
+        click.echo("no tweets match")
+        return
+    click.echo(f"{'#':>3} {'score':>6} {'date':10} {'account':18} {'likes':>7}  text")
+    for h in found:
+        t = h.tweet
+        likes = "-" if t["likes"] is None else str(t["likes"])
+        head = f"{h.rank:>3} {h.score:6.3f} {day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
+        click.echo(head + cut(shown_text(t), width() - len(head)))
+
+
+def prediction(found: Any, username: str, show: int) -> None:
+    """`predict`: estimate and interval, where the prior came from, and the neighbours by weight."""
+    prior = found.prior
+    where = {
+        "account": f"account {username} ({prior.account_tweets} tweets)",
+        "company": f"company {prior.company} ({prior.company_tweets} tweets; {username} has none)",
+        "base": f"tweets like it ({username} and its company have none)",
+    }[prior.source]
+    click.echo(f"likes     {found.likes:,.0f}  (80% interval {found.low:,.0f} .. {found.high:,.0f})")
+    click.echo(
+        f"prior     {math.expm1(prior.value):,.0f} likes from {where}; similar tweets {found.adjustment:+.2f} log1p"
+    )
+    if not found.neighbours:
+        click.echo("no earlier tweets with text to compare with")
+        return
+    click.echo(f"{'weight':>6} {'score':>6} {'space':5} {'date':10} {'account':18} {'likes':>7}  text")
+    for n in found.neighbours[:show]:
+        t = n.tweet
+        account = cut(t.get("username") or "-", 18)
+        head = f"{n.weight:6.3f} {n.score:6.3f} {n.space:5} {day(t.get('date')):10} {account:18} {n.likes:>7}  "
+        click.echo(head + cut(shown_text(t), width() - len(head)))
+    if rest := found.neighbours[show:]:
+        click.echo(f"(+{len(rest)} more neighbours, weight {sum(n.weight for n in rest):.3f})")
+
+
+def candidates(found: Sequence[Any], method: str | None) -> None:
+    """`generate`: the drafts best first, then the past tweets the best one was built from."""
+    if method:
+        click.echo(f"{len(found)} candidates, best first by {method.replace('_', ' ')}")
+    for i, c in enumerate(found, 1):
+        likes_text = f"  predicted likes {c.predicted_likes:,.0f}" if c.predicted_likes is not None else ""
+        click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens in {c.seconds:.1f}s){likes_text}")
+        click.echo(c.text or "(the model returned no usable text)")
+    if not found or not found[0].exemplars:
+        click.echo("\nno past tweets found: generated from the brief alone")
+        return
+    click.echo(f"\nbuilt from {len(found[0].exemplars)} past tweets:")
+    click.echo(f"{'id':>8} {'level':8} {'account':18} {'likes':>7}  text")
+    for e in found[0].exemplars:
+        tweet_id = e.tweet_id if e.tweet_id is not None else e.vec_id
+        likes_cell = "-" if e.likes is None else e.likes
+        head = f"{tweet_id:>8} {e.level:8} {cut(e.username or '-', 18):18} {likes_cell:>7}  "
+        click.echo(head + cut(e.content, width() - len(head)))
+
+
+def vector_sets(out: Any, manifest: Any) -> None:
+    """`index build`: one line per vector set built."""
+    for name, vset in manifest.sets().items():
+        if vset.shards:
+            click.echo(
+                f"{out} {name}: {vset.factory}, {len(vset.shards)} shard(s), nprobe {vset.nprobe}, "
+                f"10-recall@10 {vset.recall_at_10:.3f}"
+            )
+
+
+def index_info(manifest: Any, table: Mapping[str, Any]) -> None:
+    """`index info`: the index's facts and its text set's, the image set's, each with its shards,
+    then the table's counts."""
+    text = manifest.text
+    facts = {"version": manifest.version, "embedder": dict(text.embedder), "factory": text.factory}
+    facts |= {"metric": manifest.metric, **_set_facts(text), "next_id": manifest.next_id}
+    facts |= {"built_at": manifest.built_at, **({"updated_at": manifest.updated_at} if manifest.updated_at else {})}
+    _facts("", facts, text.shards)
+    if manifest.image is not None:
+        image = manifest.image
+        _facts(
+            "image ", {"embedder": dict(image.embedder), "factory": image.factory, **_set_facts(image)}, image.shards
+        )
+    for label, value in table.items():
+        click.echo(f"{label:17} {value}")
+
+
+def _set_facts(vset: Any) -> dict[str, Any]:
+    return {"nprobe": vset.nprobe, "recall_at_10": vset.recall_at_10, "bytes_per_vector": vset.bytes_per_vector}
+
+
+def _facts(prefix: str, facts: Mapping[str, Any], shards: Sequence[Any]) -> None:
+    for label, value in facts.items():
+        click.echo(f"{prefix + label:17} {value}")
+    for s in shards:
+        click.echo(f"{prefix + 'shard':17} {s.file}  ids {s.first_id}..{s.last_id}  sha256 {s.sha256[:12]}")
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], cell: int, fmt: str = "") -> None:
+    """Methods down, metrics across."""
+    click.echo(f"{'method':16}" + "".join(f"{m:>{cell}}" for m in metrics))
+    for name, row in rows.items():
+        cells = "".join(f"{'-' if row[m] is None else format(row[m], fmt):>{cell}}" for m in metrics)
+        click.echo(f"{name:16}{cells}")
+
+
+def key_values(result: Mapping[str, Any]) -> None:
+    for key, value in result.items():
+        click.echo(f"{key:22} {value:.4f}" if isinstance(value, float) else f"{key:22} {value}")
+
+
+def cache(folder: Any, entries: Sequence[Mapping[str, Any]]) -> None:
+    """`cache info`: vectors and MiB per model id, and the total."""
+    click.echo(f"folder {folder}")
+    for e in entries:
+        click.echo(f"{e['model_id']:24} {e['vectors']:>10} vectors {e['bytes'] / 2**20:>9.1f} MiB")
+    total = sum(int(e["bytes"]) for e in entries)
+    click.echo(f"{'total':24} {sum(int(e['vectors']) for e in entries):>10} vectors {total / 2**20:>9.1f} MiB")
