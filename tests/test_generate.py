@@ -11,7 +11,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -114,13 +113,20 @@ def test_postprocess_ends_with_the_links_the_brand_uses_most() -> None:
     assert len(long) <= MAX_CHARS and long.endswith("word <hyperlink> <hyperlink>")
 
 
-def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm) -> None:
+def _busiest_account(path: Path) -> tuple[str, str]:
+    """The (account, company) with the most tweets in the file an index was built from."""
+    from retrieval.io.tweets import load_tweets
+
+    table = load_tweets(path).table
+    pairs = Counter(zip(table.column("username").to_pylist(), table.column("company").to_pylist()))
+    return pairs.most_common(1)[0][0]
+
+
+def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm, sample_parquet: Path) -> None:
     from retrieval.query.search import Searcher
 
     searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
-    user, company = searcher.reader.con.execute(
-        "SELECT username, company FROM tweets GROUP BY ALL HAVING count(*) >= 3 ORDER BY count(*) DESC LIMIT 1"
-    ).fetchone()
+    user, company = _busiest_account(sample_parquet)
     config = GenerateConfig(exemplars=3)
     found = find_exemplars(searcher, Brief(user, media="a photo"), config)
     assert len(found) == 3 and all(e.username == user and e.level == "account" for e in found)
@@ -186,12 +192,14 @@ def generator():
 
 
 @needs_llama
-def test_real_model_is_deterministic_and_postprocessed(minilm_index: Path, minilm, generator) -> None:
+def test_real_model_is_deterministic_and_postprocessed(
+    minilm_index: Path, minilm, generator, sample_parquet: Path
+) -> None:
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import generate
 
     searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
-    user = searcher.reader.con.execute("SELECT username FROM tweets GROUP BY 1 ORDER BY count(*) DESC").fetchone()[0]
+    user, _ = _busiest_account(sample_parquet)
     config = GenerateConfig(exemplars=3, max_tokens=24, seed=7)
     brief = Brief(user, media="photo of a new sandwich")
     streamed: list[str] = []
@@ -239,11 +247,7 @@ def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: 
 def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_path: Path) -> None:
     from retrieval.apps.cli import cli
 
-    user = (
-        duckdb.connect(str(minilm_index / "meta.duckdb"), read_only=True)
-        .execute("SELECT username FROM tweets GROUP BY 1 ORDER BY count(*) DESC")
-        .fetchone()[0]
-    )
+    user, _ = _busiest_account(sample_parquet)
     args = ["generate", "--index", str(minilm_index), "--username", user, "--media", "photo of a new sandwich"]
     r = CliRunner().invoke(cli, [*args, "--max-tokens", "24", "--json"])
     assert r.exit_code == 0, r.output

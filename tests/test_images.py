@@ -7,9 +7,9 @@ anywhere), so these tests check the mechanics, not what the neighbours mean.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -93,16 +93,15 @@ def test_a_broken_image_in_a_folder_is_a_reject(tmp_path: Path, image_folder: Pa
 
 def test_tweets_get_local_images_and_count_missing_media(image_index: Path, labelled: Path) -> None:
     manifest = read_manifest(image_index)
-    with duckdb.connect(str(image_index / "meta.duckdb"), read_only=True) as con:
-        per_tweet = dict(con.execute("SELECT vec_id, count(*) FROM image_vectors GROUP BY 1").fetchall())
-        missing = con.execute("SELECT problem, count(*) FROM missing_media GROUP BY 1").fetchall()
-        with_media = con.execute("SELECT count(*) FROM tweets WHERE media <> '[]'").fetchone()[0]
-    assert len(per_tweet) == 30 and sorted(per_tweet.values())[-1] == 2, "tweet 1 has two images"
-    assert sum(per_tweet.values()) == manifest.image.shards[0].rows == 31
-    assert dict(missing) == manifest.image.missing_media
-    assert "corrupt image" in dict(missing) or "not an image" in dict(missing)
-    assert "offline" in dict(missing), "dead URLs of the tweets without local copies are missing, never noise"
-    assert with_media > 0 and verify(image_index) == []
+    with IndexReader(image_index) as reader:
+        stats, listed = reader.stats(), reader.missing_media()
+    assert (stats["tweets_with_images"], stats["image_vectors"]) == (30, 31), "tweet 1 has two images"
+    assert manifest.image.shards[0].rows == 31
+    missing = manifest.image.missing_media
+    assert Counter(problem for _, _, problem in listed) == missing, "each missing medium is listed with its reason"
+    assert "corrupt image" in missing or "not an image" in missing
+    assert "offline" in missing, "dead URLs of the tweets without local copies are missing, never noise"
+    assert verify(image_index) == []
 
 
 def test_image_search_filters_and_counts_each_tweet_once(image_index: Path, local_images: Path, clip_embedder) -> None:

@@ -122,15 +122,17 @@ def test_a_known_account_is_not_drowned_by_a_big_account() -> None:
     assert [n.weight for n in p.neighbours] == sorted((n.weight for n in p.neighbours), reverse=True)
 
 
-def test_no_future_tweets_in_neighbours_or_priors(history: IndexHistory, labelled: pa.Table, vectors) -> None:
+def test_no_future_tweets_in_neighbours_or_priors(
+    history: IndexHistory, labelled: pa.Table, extra: pa.Table, vectors
+) -> None:
     dates = [d for d in labelled.column("date").to_pylist() if d]
     when = sorted(dates)[len(dates) // 2]
     query = Query("CNN", date=when)
     p = predict_likes(history, vectors[:1], [query])[0]
     assert p.neighbours and all(n.tweet["date"] is not None and n.tweet["date"] < when for n in p.neighbours)
-    (before,) = history.reader.con.execute(
-        "SELECT count(*) FROM tweets WHERE likes IS NOT NULL AND date < ?", [when]
-    ).fetchone()
+    rows = pa.concat_tables([labelled, extra])  # what the index was built from
+    dated = [d for d, likes in zip(rows["date"].to_pylist(), rows["likes"].to_pylist()) if likes is not None and d]
+    before = sum(d < when for d in dated)
     assert history.stats(when).count == before < history.stats(None).count
 
 

@@ -342,6 +342,13 @@ class IndexReader:
             **self._image_stats(),
         }
 
+    def missing_media(self) -> list[tuple[int, str, str]]:
+        """(vec_id, source, why) of every medium that could not be embedded: those tweets are
+        searchable by text only."""
+        if "image" not in self.sets:
+            return []
+        return self.con.execute("SELECT vec_id, source, problem FROM missing_media ORDER BY vec_id").fetchall()
+
     def _image_stats(self) -> dict[str, Any]:
         if "image" not in self.sets:
             return {}

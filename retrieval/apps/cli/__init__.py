@@ -1,47 +1,18 @@
 """The command line: `tweet-retrieval --help` (or `python cli.py --help`).
 
 Commands only parse, call the library (`retrieval`'s public functions) and render; the options
-they share are in options.py, the tables in render.py.
+they share are in options.py, the tables in render.py, the root group in main.py.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-
-import click
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model-loading bars; ours stay
-
-from retrieval.apps.cli.evaluate import evaluate  # noqa: E402
-from retrieval.apps.cli.generate import generate  # noqa: E402
-from retrieval.apps.cli.index import index  # noqa: E402
-from retrieval.apps.cli.models import cache, models  # noqa: E402
-from retrieval.apps.cli.query import predict, similar  # noqa: E402
+from typing import Any
 
 
-@click.group()
-@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="CPU threads for FAISS, torch, ONNX Runtime and llama.cpp (default: all cores; llama.cpp: the idle ones).",
-)
-def cli(verbose: int, quiet: bool, threads: int | None) -> None:
-    """Vector search over brand tweets: build an index, find similar tweets, predict likes, write tweets."""
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if threads:
-        import faiss
-        import torch
+def __getattr__(name: str) -> Any:
+    """`cli` loads on first use, so importing one command's module does not load them all."""
+    if name == "cli":
+        from retrieval.apps.cli.main import cli
 
-        faiss.omp_set_num_threads(threads)
-        torch.set_num_threads(threads)
-
-
-for command in (index, models, cache, similar, predict, generate, evaluate):
-    cli.add_command(command)
+        return cli
+    raise AttributeError(f"module 'retrieval.apps.cli' has no attribute {name!r}")
