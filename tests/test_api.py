@@ -44,3 +44,22 @@ def test_errors_and_unknown_names() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         retrieval.nothing  # noqa: B018
     assert set(retrieval.__all__) >= {"build_index", "open_index", "Searcher", "Filters", "predict_likes", "generate"}
+
+
+def test_likes_predictor_opens_once_and_answers_from_earlier_tweets(tmp_path: Path) -> None:
+    from conftest import LABELLED
+
+    retrieval.build_index(LABELLED, tmp_path / "idx", embedder=HashEmbedder(), progress=False)
+    manifest = retrieval.read_manifest(tmp_path / "idx")
+    assert isinstance(manifest, retrieval.Manifest) and manifest.version == 1 and manifest.has_text
+    predictor = retrieval.LikesPredictor(retrieval.open_index(tmp_path / "idx", embedder=HashEmbedder()))
+    tweets = pq.read_table(LABELLED).slice(0, 50).to_pylist()
+    account = next(t["username"] for t in tweets if t["username"])
+    found = predictor.predict("big news for our fans today", account)
+    assert isinstance(found, retrieval.LikesPrediction)
+    assert found.low <= found.likes <= found.high and found.prior.source == "account"
+    assert abs(sum(n.weight for n in found.neighbours) - 1) < 1e-6
+    first = min(t["date"] for t in pq.read_table(LABELLED).to_pylist() if t["date"])
+    with pytest.raises(retrieval.RetrievalError, match="no tweets with likes before") as info:
+        predictor.predict("big news", account, date=first)
+    assert info.value.hint == "date"

@@ -267,7 +267,8 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     assert result["tweets"] == 3 and result["tokens_per_s"] > 0
     for system in ("rag", "retrieval_only", "llm_only"):
         assert set(result[system]) >= {"bleu1", "bleu4", "rougeL"}
-        assert 0 <= result[system]["bleu1"] <= 1
+    # on real tweets the brand's own exemplars and drafts share words with its tweet: a zero is a scoring bug
+    assert result["retrieval_only"]["bleu1"] > 0 and result["rag"]["bleu1"] > 0
     # the tweet itself is hidden: retrieval only never copies the reference verbatim
     assert all(e["retrieval_only"] != e["reference"] for e in result["examples"])
     from retrieval.evaluation.generation import load_rows

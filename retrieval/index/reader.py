@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +134,13 @@ class IndexReader:
         self.manifest = manifest
         store.check(self.path, self.manifest, full=check)
         try:
-            self.con = store.open_meta(self.path)
+            self._con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursor_lock = threading.Lock()
         self.sets = {"text": VectorSet("text", manifest.text, _to_gpu(open_shards(self.path, manifest.text)))}
         if manifest.image is not None:
             owners = self.con.execute("SELECT vec_id FROM image_vectors ORDER BY pos").fetchnumpy()["vec_id"]
@@ -178,8 +183,26 @@ class IndexReader:
         folder = store.eval_folder(self.path, space)
         return np.load(folder / "queries.npy"), np.load(folder / "truth_ids.npy")
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The metadata connection of this thread: a DuckDB connection must not be shared by
+        threads at once, so a server's request threads each get a cursor of their own."""
+        if threading.get_ident() == self._owner:
+            return self._con
+        cursor = getattr(self._local, "con", None)
+        if cursor is None:
+            cursor = self._con.cursor()
+            cursor.execute("USE meta")
+            self._local.con = cursor
+            with self._cursor_lock:
+                self._cursors.append(cursor)
+        return cursor
+
     def close(self) -> None:
-        self.con.close()
+        with self._cursor_lock:
+            for cursor in self._cursors:
+                cursor.close()
+        self._con.close()
 
     def __enter__(self) -> IndexReader:
         return self

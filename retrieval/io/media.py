@@ -329,3 +329,14 @@ def load_image(source: str | Path) -> Image.Image:
     if found.image is None:
         raise RetrievalError(f"{source}: {found.problem}")
     return found.image
+
+
+def decode_image(data: bytes, *, max_bytes: int = 20 * 2**20) -> Image.Image:
+    """An uploaded image's bytes as an RGB image, with the limits media files have (size,
+    pixels, format), or a one-line error saying why it cannot be used."""
+    if len(data) > max_bytes:
+        raise RetrievalError(f"image of {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    try:
+        return MediaFetcher(network=False, max_bytes=max_bytes)._decode(data)
+    except _Missing as e:
+        raise RetrievalError(f"the uploaded image cannot be used: {e.problem}") from None

@@ -16,6 +16,7 @@ from retrieval.apps.cli.generate import generate  # noqa: E402
 from retrieval.apps.cli.index import index  # noqa: E402
 from retrieval.apps.cli.models import cache, models  # noqa: E402
 from retrieval.apps.cli.query import predict, similar  # noqa: E402
+from retrieval.apps.cli.serve import serve  # noqa: E402
 
 
 @click.group()
@@ -39,5 +40,5 @@ def cli(verbose: int, quiet: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-for command in (index, models, cache, similar, predict, generate, evaluate):
+for command in (index, models, cache, similar, predict, generate, evaluate, serve):
     cli.add_command(command)

@@ -1,0 +1,144 @@
+"""The JSON contract of /v1/: request and response bodies, built from the library's own results."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Space = Literal["text", "image"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FiltersIn(Strict):
+    username: str | None = None
+    company: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = Field(None, description="Inclusive; a date without a time means the whole day.")
+    min_likes: int | None = Field(None, ge=0)
+
+
+class SimilarIn(Strict):
+    index: str = Field(description="An index's name: its folder's name (indexes/adobe -> adobe).")
+    text: str | None = Field(None, max_length=10_000)
+    id: int | None = Field(None, description="A stored tweet's id: its neighbours, itself left out.")
+    image: str | None = Field(None, description="An image as base64 (a data: URL prefix is accepted).")
+    space: Space = "text"
+    k: int = Field(10, ge=1, le=100)
+    filters: FiltersIn = FiltersIn()
+
+
+class Medium(BaseModel):
+    kind: str
+    url: str | None = None
+    thumbnail: str | None = None
+
+
+class Tweet(BaseModel):
+    id: int | None = Field(description="The tweet's id in its source file.")
+    vec_id: int = Field(description="Its row in the index.")
+    date: dt.datetime | None
+    username: str | None
+    company: str | None
+    likes: int | None
+    content: str | None
+    media: list[Medium]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Tweet:
+        from retrieval.schema import stored_media
+
+        fields = {k: row.get(k) for k in ("vec_id", "date", "username", "company", "likes", "content")}
+        return cls(id=row.get("tweet_id"), media=stored_media(row.get("media")), **fields)
+
+
+class HitOut(Tweet):
+    rank: int
+    score: float
+
+
+class SimilarOut(BaseModel):
+    index: str
+    version: int = Field(description="The index version that answered (it goes up with every `index add`).")
+    hits: list[HitOut]
+
+
+class PredictIn(Strict):
+    index: str
+    text: str = Field(min_length=1, max_length=10_000)
+    username: str = Field(min_length=1)
+    company: str | None = None
+    date: dt.datetime | None = Field(None, description="When it will be posted: only earlier tweets are used.")
+    image: str | None = Field(None, description="The tweet's image as base64.")
+
+
+class NeighbourOut(BaseModel):
+    vec_id: int
+    weight: float
+    score: float
+    likes: int
+    residual_log1p: float
+    same_account: bool
+    space: str
+    date: dt.datetime | None
+    username: str | None
+    content: str | None
+
+
+class PriorOut(BaseModel):
+    log1p_likes: float
+    source: Literal["account", "company", "base"]
+    account_tweets: int
+    company: str | None
+    company_tweets: int
+
+
+class PredictOut(BaseModel):
+    index: str
+    likes: float
+    interval_80: tuple[float, float]
+    log1p_likes: float
+    log1p_interval: tuple[float, float]
+    prior: PriorOut
+    adjustment_log1p: float
+    neighbours: list[NeighbourOut]
+
+
+class GenerateIn(Strict):
+    index: str
+    username: str = Field(min_length=1)
+    company: str | None = None
+    date: dt.datetime | None = None
+    media: str = Field("", max_length=500, description="What the picture or video shows, in words.")
+    topic: str | None = Field(None, max_length=500)
+    likes: int | None = Field(None, ge=0)
+    candidates: int = Field(1, ge=1, le=8)
+    seed: int = 0
+    temperature: float = Field(0.5, ge=0, le=2)
+    max_tokens: int = Field(96, ge=16, le=256)
+    exemplars: int = Field(5, ge=0, le=20)
+    stream: bool = Field(False, description="Stream tokens as server-sent events, then the result.")
+
+
+class IndexOut(BaseModel):
+    name: str
+    version: int
+    rows: int
+    vectors: int
+    spaces: list[str]
+    text_model: str | None
+    factory: str | None
+    nprobe: int
+    recall_at_10: float | None
+    built_at: str | None
+    updated_at: str | None
+    table: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None

@@ -1,0 +1,116 @@
+"""What a server keeps loaded: its indexes (reopened when `index add` publishes a new version) and
+the one llama.cpp model, behind a bounded queue."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from retrieval.embed.text import Embedder
+from retrieval.errors import RetrievalError
+from retrieval.index.manifest import read_manifest
+from retrieval.index.reader import IndexReader
+from retrieval.query.search import Searcher
+from retrieval.tasks.likes.predictor import LikesPredictor
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 1.0
+"""How often a served index looks at its manifest for a new version."""
+
+
+class ServedIndex:
+    """One index open for requests. Its searcher is swapped as a whole when the manifest's version
+    changes, so a request sees the old index or the new one, never a mix, and no restart is needed."""
+
+    def __init__(self, path: str | Path, *, embedder: Embedder | None = None, clip: Any = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.clip = clip
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._predictor: LikesPredictor | None = None
+        self._searcher = self._open(embedder)
+        self.embedder = self._searcher.embedder if self._searcher.reader.manifest.has_text else None
+
+    def _open(self, embedder: Embedder | None) -> Searcher:
+        searcher = Searcher(IndexReader(self.path), embedder, clip=self.clip)
+        self.version = searcher.reader.manifest.version
+        log.info("%s: version %d open (%d rows)", self.name, self.version, searcher.reader.manifest.next_id)
+        return searcher
+
+    @property
+    def searcher(self) -> Searcher:
+        """The searcher of the current version."""
+        now = time.monotonic()
+        if now - self._checked >= RECHECK_S:
+            self._checked = now
+            try:
+                newer = read_manifest(self.path).version != self.version
+            except RetrievalError:  # mid-publish or damaged: keep answering from the open version
+                newer = False
+            if newer:
+                with self._lock:
+                    if read_manifest(self.path).version != self.version:
+                        self._searcher, self._predictor = self._open(self.embedder), None
+        return self._searcher
+
+    @property
+    def predictor(self) -> LikesPredictor:
+        """Likes prediction over the current version (an index without likes says so, as a 400)."""
+        searcher = self.searcher
+        predictor = self._predictor
+        if predictor is None or predictor.searcher is not searcher:
+            predictor = self._predictor = LikesPredictor(searcher)
+        return predictor
+
+
+class Busy(Exception):
+    """The model is taken and the queue is full (or the wait ran past its timeout)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the model is busy with other requests; try again shortly")
+        self.retry_after = retry_after
+
+
+class ModelQueue:
+    """llama.cpp runs one generation at a time: requests wait their turn, at most `max_waiting`
+    of them and for at most `timeout` seconds, and searches never wait behind them."""
+
+    def __init__(self, generator: Any, *, max_waiting: int = 4, timeout: float = 120.0) -> None:
+        self.generator = generator
+        self.max_waiting = max_waiting
+        self.timeout = timeout
+        self._model = threading.Lock()
+        self._count = threading.Lock()
+        self.waiting = 0
+
+    def acquire(self) -> Any:
+        """Wait for the model (Busy when too many wait or the wait is too long); `release` after."""
+        with self._count:
+            if self.waiting >= self.max_waiting:
+                raise Busy(retry_after=10)
+            self.waiting += 1
+        try:
+            if not self._model.acquire(timeout=self.timeout):
+                raise Busy(retry_after=30)
+        finally:
+            with self._count:
+                self.waiting -= 1
+        return self.generator
+
+    def release(self) -> None:
+        self._model.release()
+
+    @contextmanager
+    def turn(self) -> Iterator[Any]:
+        generator = self.acquire()
+        try:
+            yield generator
+        finally:
+            self.release()
