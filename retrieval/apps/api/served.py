@@ -35,13 +35,18 @@ class ServedIndex:
         self._lock = threading.Lock()
         self._checked = 0.0
         self._predictor: LikesPredictor | None = None
+        self._retired: Searcher | None = None
         self._searcher = self._open(embedder)
-        self.embedder = self._searcher.embedder if self._searcher.reader.manifest.has_text else None
 
     def _open(self, embedder: Embedder | None) -> Searcher:
-        searcher = Searcher(IndexReader(self.path), embedder, clip=self.clip)
-        self.version = searcher.reader.manifest.version
-        log.info("%s: version %d open (%d rows)", self.name, self.version, searcher.reader.manifest.next_id)
+        """The index as it is now, with its text model loaded (unless `embedder` is given)."""
+        reader = IndexReader(self.path)
+        record = reader.manifest.text.embedder
+        searcher = Searcher(reader, embedder, clip=self.clip)
+        self.embedder = searcher.embedder if reader.manifest.has_text else None
+        self._record: tuple[object, object] = (record.get("name"), record.get("dim"))
+        self.version = reader.manifest.version
+        log.info("%s: version %d open (%d rows)", self.name, self.version, reader.manifest.next_id)
         return searcher
 
     @property
@@ -57,8 +62,18 @@ class ServedIndex:
             if newer:
                 with self._lock:
                     if read_manifest(self.path).version != self.version:
-                        self._searcher, self._predictor = self._open(self.embedder), None
+                        self._swap()
         return self._searcher
+
+    def _swap(self) -> None:
+        """Open the new version beside the old, then swap. Requests already running finish on the
+        old one, which is closed at the next swap (two versions back, long done)."""
+        record = read_manifest(self.path).text.embedder
+        same_model = (record.get("name"), record.get("dim")) == self._record  # else a rebuild changed it
+        fresh = self._open(self.embedder if same_model else None)
+        if self._retired is not None:
+            self._retired.close()
+        self._retired, self._searcher, self._predictor = self._searcher, fresh, None
 
     @property
     def predictor(self) -> LikesPredictor:
@@ -80,7 +95,8 @@ class Busy(Exception):
 
 class ModelQueue:
     """llama.cpp runs one generation at a time: requests wait their turn, at most `max_waiting`
-    of them and for at most `timeout` seconds, and searches never wait behind them."""
+    of them behind the running one and for at most `timeout` seconds, and searches never wait
+    behind them."""
 
     def __init__(self, generator: Any, *, max_waiting: int = 4, timeout: float = 120.0) -> None:
         self.generator = generator
@@ -93,7 +109,7 @@ class ModelQueue:
     def acquire(self) -> Any:
         """Wait for the model (Busy when too many wait or the wait is too long); `release` after."""
         with self._count:
-            if self.waiting >= self.max_waiting:
+            if self._model.locked() and self.waiting >= self.max_waiting:
                 raise Busy(retry_after=10)
             self.waiting += 1
         try:

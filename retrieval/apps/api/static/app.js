@@ -1,0 +1,200 @@
+// The page talks to the same /v1/ API as any client; nothing here is needed by the API itself.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let token = localStorage.getItem("retrieval-token") || "";
+
+async function api(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = "Bearer " + token;
+  const response = await fetch(path, body ? { method: "POST", headers, body: JSON.stringify(body) } : { headers });
+  if (response.status === 401) $("token-box").hidden = false;
+  if (!response.ok) {
+    let message = response.statusText;
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function status(id, text, kind) {
+  const el = $(id);
+  el.textContent = text || "";
+  el.className = "status" + (kind ? " " + kind : "");
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Tweets keep <hyperlink> and <mention> placeholders: show them as labels, never as HTML.
+function tweetText(text) {
+  const node = el("p", "text");
+  for (const part of (text || "").split(/(<hyperlink>|<mention>)/)) {
+    if (part === "<hyperlink>") node.append(el("span", "placeholder", "link"));
+    else if (part === "<mention>") node.append(el("span", "placeholder", "@mention"));
+    else if (part) node.append(document.createTextNode(part));
+  }
+  if (!text) node.append(el("span", "muted", "(no text)"));
+  return node;
+}
+
+const day = (iso) => (iso ? iso.slice(0, 10) : "undated");
+const index = () => $("index").value;
+
+function card(hit) {
+  const li = el("li");
+  const meta = el("div", "meta");
+  meta.append(el("strong", "", "@" + (hit.username || "unknown")), el("span", "", day(hit.date)),
+    el("span", "", (hit.likes ?? "?") + " likes"), el("span", "", "score " + hit.score.toFixed(3)));
+  li.append(meta, tweetText(hit.content));
+  const links = el("div", "meta");
+  hit.media.forEach((m, i) => {
+    const a = el("a", "", m.kind + " " + (i + 1));
+    a.href = m.url || m.thumbnail; a.target = "_blank"; a.rel = "noopener";
+    links.append(a);
+  });
+  if (hit.id !== null && hit.content) {
+    const more = el("button", "more", "more like this");
+    more.type = "button";
+    more.addEventListener("click", () => search({ id: hit.id }, "tweets like #" + hit.id));
+    links.append(more);
+  }
+  li.append(links);
+  return li;
+}
+
+function filters() {
+  const value = (id) => $(id).value.trim() || null;
+  const minLikes = $("f-min-likes").value;
+  return { username: value("f-username"), company: value("f-company"), since: value("f-since"),
+    until: value("f-until"), min_likes: minLikes === "" ? null : Number(minLikes) };
+}
+
+async function search(query, label) {
+  status("search-status", "Searching…", "busy");
+  $("results").replaceChildren();
+  try {
+    const k = Number($("f-k").value) || 10;
+    const found = await (await api("/v1/similar", { index: index(), k, filters: filters(), ...query })).json();
+    $("results").replaceChildren(...found.hits.map(card));
+    status("search-status", found.hits.length ? `${found.hits.length} ${label}` : "No tweets match; try fewer filters.");
+  } catch (e) {
+    status("search-status", "Search failed: " + e.message, "error");
+  }
+}
+
+async function predict(event) {
+  event.preventDefault();
+  status("draft-status", "Predicting…", "busy");
+  $("prediction").hidden = true;
+  try {
+    const body = { index: index(), text: $("draft-text").value, username: $("draft-username").value.trim(),
+      date: $("draft-date").value || null };
+    const p = await (await api("/v1/predict", body)).json();
+    const [low, high] = p.interval_80;
+    const top = Math.max(high * 1.15, 1);
+    $("pred-likes").textContent = Math.round(p.likes).toLocaleString();
+    $("pred-interval").textContent = `80% interval: ${Math.round(low).toLocaleString()} – ${Math.round(high).toLocaleString()}`;
+    $("pred-bar").style.left = (100 * low / top) + "%";
+    $("pred-bar").style.width = (100 * (high - low) / top) + "%";
+    $("pred-point").style.left = (100 * p.likes / top) + "%";
+    const from = { account: "this account's tweets", company: "its company's tweets", base: "all tweets like it" }[p.prior.source];
+    $("pred-prior").textContent = `Starts from ${from} (${p.prior.account_tweets} by the account); similar tweets move it ${p.adjustment_log1p >= 0 ? "up" : "down"}.`;
+    $("neighbours").replaceChildren(...p.neighbours.slice(0, 8).map((n) => {
+      const li = el("li");
+      li.append(el("span", "muted", `${(100 * n.weight).toFixed(0)}% · ${n.likes} likes · @${n.username || "?"} · `),
+        document.createTextNode((n.content || "").slice(0, 140)));
+      return li;
+    }));
+    $("prediction").hidden = false;
+    status("draft-status", p.neighbours.length ? "" : "No earlier tweets to compare with.");
+  } catch (e) {
+    status("draft-status", "Prediction failed: " + e.message, "error");
+  }
+}
+
+function draftCard(c, n) {
+  const li = el("li");
+  const likes = c.predicted_likes === null ? "" : ` · predicted ${Math.round(c.predicted_likes)} likes`;
+  li.append(el("div", "meta", `#${n + 1}${likes}`), tweetText(c.text || "(the model returned no usable text)"));
+  if (c.exemplars.length) {
+    const cited = el("details");
+    cited.append(el("summary", "", `built from ${c.exemplars.length} past tweets`));
+    const list = el("ol", "compact");
+    c.exemplars.forEach((e) => list.append(el("li", "", `@${e.username || "?"} (${e.likes ?? "?"} likes): ${e.content}`)));
+    cited.append(list);
+    li.append(cited);
+  }
+  return li;
+}
+
+async function write(event) {
+  event.preventDefault();
+  const button = event.submitter || $("write-form").querySelector("button");
+  button.disabled = true;
+  status("write-status", "The model is writing…", "busy");
+  $("drafts").replaceChildren();
+  const stream = $("write-stream");
+  stream.textContent = ""; stream.hidden = false;
+  try {
+    const body = { index: index(), username: $("write-username").value.trim(), media: $("write-media").value,
+      topic: $("write-topic").value || null, candidates: Number($("write-n").value) || 1, stream: true };
+    const reader = (await api("/v1/generate", body)).body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+        const kind = (block.match(/^event: (.*)$/m) || [])[1];
+        const data = JSON.parse((block.match(/^data: (.*)$/m) || [, "null"])[1]);
+        if (kind === "token") stream.textContent += data.text;
+        if (kind === "error") throw new Error(data.error);
+        if (kind === "result") {
+          $("drafts").replaceChildren(...data.candidates.map(draftCard));
+          stream.hidden = true;
+          status("write-status", data.ranked_by ? `Best first, by ${data.ranked_by.replace("_", " ")}.` : "");
+        }
+      }
+    }
+  } catch (e) {
+    status("write-status", "Writing failed: " + e.message, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadIndexes() {
+  try {
+    const indexes = await (await api("/v1/indexes")).json();
+    $("index").replaceChildren(...indexes.map((i) => { const o = el("option", "", i.name); o.value = i.name; return o; }));
+    const show = () => {
+      const i = indexes.find((x) => x.name === index());
+      $("index-info").textContent = i ? `${i.rows.toLocaleString()} tweets · ${i.spaces.join(" + ")} · version ${i.version}` : "";
+    };
+    $("index").addEventListener("change", show);
+    show();
+  } catch (e) {
+    status("search-status", "Cannot list the indexes: " + e.message, "error");
+  }
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  search({ text: $("query").value }, "similar tweets");
+});
+$("draft-form").addEventListener("submit", predict);
+$("write-form").addEventListener("submit", write);
+$("token-save").addEventListener("click", () => {
+  token = $("token").value.trim();
+  localStorage.setItem("retrieval-token", token);
+  $("token-box").hidden = true;
+  loadIndexes();
+});
+loadIndexes();
