@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import HASH_EMBEDDER, LABELLED, HashEmbedder
+from conftest import LABELLED, HashEmbedder
 from fastapi.testclient import TestClient
 
 from retrieval.apps.api import served as served_module
@@ -235,32 +235,27 @@ def _wait_ready(url: str, proc: subprocess.Popen | None = None, seconds: float =
     raise AssertionError(f"{url} not ready in {seconds} s")
 
 
-def test_serve_over_real_http_and_refuses_an_open_host_without_token(index_path: Path, tweets: list[dict]) -> None:
+def test_serve_over_real_http_and_refuses_an_open_host_without_token(minilm_index: Path, tmp_path: Path) -> None:
+    """`cli.py serve` as a user starts it (real MiniLM, no language model), over real HTTP."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    open_host = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "serve", "--index", str(index_path), "--host", "0.0.0.0"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    serve = [sys.executable, str(ROOT / "cli.py"), "serve", "--index", str(minilm_index), "--no-llm"]
+    open_host = subprocess.run([*serve, "--host", "0.0.0.0"], capture_output=True, text=True, env=env, timeout=120)
     assert open_host.returncode == 1 and "give --token" in open_host.stderr
     port = _free_port()
-    script = HASH_EMBEDDER + (
-        "import sys\nfrom retrieval.apps.api import server\nfrom retrieval.apps.api.served import ServedIndex\n"
-        "from retrieval.apps.api.app import create_app\n"
-        "app = create_app([ServedIndex(sys.argv[1], embedder=HashEmbedder())], token='t0ken')\n"
-        "server.run(app, port=int(sys.argv[2]))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(index_path), str(port)], env=env, stderr=subprocess.PIPE)
+    (tmp_path / "token").write_text("t0ken\n")
+    command = [*serve, "--port", str(port), "--token-file", str(tmp_path / "token")]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc)
-        tweet = _tweet_with_text(tweets)
         request = urllib.request.Request(
             url + "/v1/similar",
-            data=json.dumps({"index": "brand", "text": tweet["content"], "k": 3}).encode(),
+            data=json.dumps({"index": minilm_index.name, "text": "formula one race", "k": 3}).encode(),
             headers={"Content-Type": "application/json", "Authorization": "Bearer t0ken"},
         )
-        with urllib.request.urlopen(request, timeout=10) as r:
-            assert json.load(r)["hits"][0]["content"] == tweet["content"]
+        with urllib.request.urlopen(request, timeout=30) as r:
+            hits = json.load(r)["hits"]
+        assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
         request.remove_header("Authorization")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
@@ -268,6 +263,7 @@ def test_serve_over_real_http_and_refuses_an_open_host_without_token(index_path:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    assert f"open http://127.0.0.1:{port}/" in proc.stderr.read()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (./setup.sh installs it with apt-get)")
@@ -310,3 +306,20 @@ def test_the_page_in_a_real_browser(index_path: Path, tweets: list[dict], tmp_pa
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_query_cache_gives_the_same_vectors_and_forgets_the_oldest() -> None:
+    class Counting(HashEmbedder):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def encode(self, texts, *, progress=False):
+            self.seen += list(texts)
+            return super().encode(texts)
+
+    inner = Counting()
+    cache = served_module.QueryCache(inner, size=2)
+    for text in ("a", "b", "a", "c", "b", "a"):
+        assert (cache.encode([text]) == HashEmbedder().encode([text])).all()
+    assert inner.seen == ["a", "b", "c", "b", "a"], "the second a was remembered; b, then a, had been forgotten"
+    assert cache.encode(["a", "b"]).shape == (2, inner.dim) and inner.seen[-2:] == ["a", "b"]

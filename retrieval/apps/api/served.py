@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from retrieval.embed.text import Embedder
+import numpy as np
+
+from retrieval.embed.text import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
 from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import IndexReader
@@ -22,6 +25,35 @@ log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0
 """How often a served index looks at its manifest for a new version."""
+QUERY_CACHE = 10_000
+"""Query vectors a served index keeps: the page repeats queries (filters changed, "more like this")."""
+
+
+class QueryCache:
+    """An embedder that remembers the vectors of recent single queries (least recently used go)."""
+
+    def __init__(self, inner: Embedder, size: int = QUERY_CACHE) -> None:
+        self.inner = inner
+        self.name, self.dim = inner.name, inner.dim
+        self.precision = getattr(inner, "precision", "fp32")
+        self.size = size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if len(texts) != 1:
+            return self.inner.encode(texts, progress=progress)
+        with self._lock:
+            found = self._vectors.get(texts[0])
+            if found is not None:
+                self._vectors.move_to_end(texts[0])
+                return found
+        vector = self.inner.encode(texts)
+        with self._lock:
+            self._vectors[texts[0]] = vector
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+        return vector
 
 
 class ServedIndex:
@@ -42,8 +74,12 @@ class ServedIndex:
         """The index as it is now, with its text model loaded (unless `embedder` is given)."""
         reader = IndexReader(self.path)
         record = reader.manifest.text.embedder
+        if embedder is None and reader.manifest.has_text:
+            embedder = embedder_for_index(record)
+        if embedder is not None and not isinstance(embedder, QueryCache):
+            embedder = QueryCache(embedder)
         searcher = Searcher(reader, embedder, clip=self.clip)
-        self.embedder = searcher.embedder if reader.manifest.has_text else None
+        self.embedder = embedder
         self._record: tuple[object, object] = (record.get("name"), record.get("dim"))
         self.version = reader.manifest.version
         log.info("%s: version %d open (%d rows)", self.name, self.version, reader.manifest.next_id)
