@@ -55,7 +55,7 @@ class Client:
         opened again once, as HTTP clients do (status 0: the request failed)."""
         data = json.dumps(body).encode()
         start = time.perf_counter()
-        for attempt in range(2):
+        for _ in range(2):
             conn = getattr(self.local, "conn", None)
             reused = conn is not None
             if conn is None:
