@@ -180,9 +180,8 @@ def test_a_full_model_queue_answers_503_and_searches_still_run(index_path: Path,
     with model.turn():  # a generation is running
         busy = client.post("/v1/generate", json={"index": "brand", "username": account})
         assert busy.status_code == 503 and busy.headers["retry-after"] and "busy" in busy.json()["error"]
-        started = time.perf_counter()
+        # the model lock is held for the whole block: a search that waited for it would never return
         assert client.post("/v1/similar", json={"index": "brand", "text": "news"}).status_code == 200
-        assert time.perf_counter() - started < model.timeout * 50, "a search does not wait for the model"
     no_model = TestClient(create_app([ServedIndex(index_path, embedder=HashEmbedder())]))
     assert no_model.post("/v1/generate", json={"index": "brand", "username": account}).status_code == 503
 

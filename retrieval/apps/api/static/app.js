@@ -47,8 +47,9 @@ const index = () => $("index").value;
 function card(hit) {
   const li = el("li");
   const meta = el("div", "meta");
-  meta.append(el("strong", "", "@" + (hit.username || "unknown")), el("span", "", day(hit.date)),
-    el("span", "", (hit.likes ?? "?") + " likes"), el("span", "", "score " + hit.score.toFixed(3)));
+  meta.append(el("strong", "", "@" + (hit.username || "unknown")), el("span", "", day(hit.date)));
+  if (hit.likes !== null) meta.append(el("span", "", hit.likes.toLocaleString() + " likes"));
+  meta.append(el("span", "", "score " + hit.score.toFixed(3)));
   li.append(meta, tweetText(hit.content));
   const links = el("div", "meta");
   hit.media.forEach((m, i) => {
@@ -105,8 +106,9 @@ async function predict(event) {
     $("pred-prior").textContent = `Starts from ${from} (${p.prior.account_tweets} by the account); similar tweets move it ${p.adjustment_log1p >= 0 ? "up" : "down"}.`;
     $("neighbours").replaceChildren(...p.neighbours.slice(0, 8).map((n) => {
       const li = el("li");
-      li.append(el("span", "muted", `${(100 * n.weight).toFixed(0)}% · ${n.likes} likes · @${n.username || "?"} · `),
-        document.createTextNode((n.content || "").slice(0, 140)));
+      const text = tweetText((n.content || "").slice(0, 140));
+      text.prepend(el("span", "muted", `${(100 * n.weight).toFixed(0)}% · ${n.likes} likes · @${n.username || "?"} · `));
+      li.append(text);
       return li;
     }));
     $("prediction").hidden = false;
