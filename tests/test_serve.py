@@ -299,6 +299,12 @@ def test_the_page_in_a_real_browser(index_path: Path, tweets: list[dict], tmp_pa
             page.click("#draft-form button[type=submit]")
             page.wait_for_selector("#draft-status.error")
             assert "no tweets with likes before" in page.inner_text("#draft-status")
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
+            page.set_input_files("#image-query", str(tmp_path / "red.png"))
+            page.wait_for_function("document.querySelector('#search-status').textContent.includes('holds no image')")
+            assert "Search failed" in page.inner_text("#search-status"), "a text-only index says why, in words"
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             browser.close()
         assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -191,6 +191,17 @@ $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   search({ text: $("query").value }, "similar tweets");
 });
+$("image-query").addEventListener("change", () => {
+  const file = $("image-query").files[0];
+  if (!file) return;
+  if (file.size > 10 * 2 ** 20) {
+    status("search-status", "That picture is over 10 MiB; choose a smaller one.", "error");
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => search({ image: reader.result }, "tweets with pictures like it");
+  reader.readAsDataURL(file);
+});
 $("draft-form").addEventListener("submit", predict);
 $("write-form").addEventListener("submit", write);
 $("token-save").addEventListener("click", () => {
