@@ -328,3 +328,14 @@ def test_the_query_cache_gives_the_same_vectors_and_forgets_the_oldest() -> None
         assert (cache.encode([text]) == HashEmbedder().encode([text])).all()
     assert inner.seen == ["a", "b", "c", "b", "a"], "the second a was remembered; b, then a, had been forgotten"
     assert cache.encode(["a", "b"]).shape == (2, inner.dim) and inner.seen[-2:] == ["a", "b"]
+
+
+def test_keyword_and_hybrid_modes_over_http(client: TestClient, tweets: list[dict]) -> None:
+    tweet = _tweet_with_text(tweets)
+    for mode in ("keyword", "hybrid"):
+        hits = client.post("/v1/similar", json={"index": "brand", "text": tweet["content"], "k": 3, "mode": mode})
+        assert hits.status_code == 200, hits.text
+        assert hits.json()["hits"][0]["found_by"].get("keyword") == 1
+    empty = client.post("/v1/similar", json={"index": "brand", "text": "?!", "mode": "keyword"})
+    assert empty.status_code == 400 and "no words" in empty.json()["error"]
+    assert client.post("/v1/similar", json={"index": "brand", "text": "x", "mode": "magic"}).status_code == 422

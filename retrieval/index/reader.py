@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
-from retrieval.index import store
+from retrieval.index import keywords, store
 from retrieval.index.manifest import Manifest, VectorSetInfo, read_manifest
 from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards
 
@@ -137,6 +137,7 @@ class IndexReader:
             self._con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
+        self._keywords: keywords.KeywordIndex | None = None
         self._owner = threading.get_ident()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -220,6 +221,15 @@ class IndexReader:
         else:
             sql = f"SELECT i.pos FROM image_vectors i JOIN tweets USING (vec_id) WHERE {where} ORDER BY i.pos"
         return np.asarray(self.con.execute(sql, params).fetchnumpy()["pos"], dtype=np.int64)
+
+    def keyword_search(self, query: str, k: int, *, filters: Filters | None = None) -> list[tuple[int, float]]:
+        """Up to k (vec_id, BM25 score) pairs for the words of `query`, best first, filtered like
+        vector search (the same bound SQL)."""
+        if self._keywords is None:
+            self._keywords = keywords.KeywordIndex.open(self.path)
+            if self._keywords is None:
+                raise RetrievalError(f"{self.path}: no keyword index (built before there was one); rebuild the index")
+        return self._keywords.search(query, k, self.allowed_positions(filters, "text"))
 
     def search(
         self,

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
+from retrieval.index import keywords
 from retrieval.index.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
 from retrieval.index.manifest import Manifest, ShardEntry, VectorSetInfo, now, read_manifest
 from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
@@ -115,6 +116,25 @@ def _write_table(
             con.execute(TWEETS_TABLE_SQL)
         con.register("incoming", rows)
         con.execute(f"INSERT INTO tweets SELECT {SELECT_COLUMNS} FROM incoming")
+
+
+def _write_keywords(folder: Path, old: Path | None, table: pa.Table, has_vector: np.ndarray, first_id: int) -> None:
+    """The keyword index over every row with a text vector: the old index's rows (`old`) and these."""
+    ids: list[int] = []
+    texts: list[str] = []
+    if old is not None:
+        with open_meta(old) as con:
+            rows = con.execute(
+                "SELECT vec_id, content FROM tweets WHERE has_vector AND content IS NOT NULL ORDER BY vec_id"
+            ).fetchall()
+        ids += [vec_id for vec_id, _ in rows]
+        texts += [content for _, content in rows]
+    for i, (content, vector) in enumerate(zip(table.column("content").to_pylist(), has_vector)):
+        if vector and content:
+            ids.append(first_id + i)
+            texts.append(content)
+    if ids:
+        keywords.build(folder, texts, np.array(ids, dtype=np.int64))
 
 
 def _write_image_rows(folder: Path, first_pos: int, images: ImageVectors, vec_id_of_row: np.ndarray) -> None:
@@ -260,6 +280,7 @@ def build(
     with atomic_folder(out) as tmp:
         text = _new_set(tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget)
         _write_table(tmp, table, has_vector, 0, source, fresh=True)
+        _write_keywords(tmp, None, table, has_vector, 0)
         image = None
         if images is not None:
             image = _new_set(
@@ -297,6 +318,7 @@ def add(
         _link_copy(path, tmp)
         text = _grow_set(path, tmp, manifest.text, "", vectors, first_id) if len(vectors) else manifest.text
         _write_table(tmp, table, has_vector, first_id, source, fresh=False)
+        _write_keywords(tmp, path, table, has_vector, first_id)
         image = manifest.image
         if images is not None and image is not None:
             image = _grow_images(path, tmp, image, images)

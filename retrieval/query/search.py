@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from retrieval.embed.text import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
+from retrieval.index.keywords import tokenize
 from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import SPACES, Filters, IndexReader
 from retrieval.schema import stored_media
@@ -20,6 +22,14 @@ if TYPE_CHECKING:
     from retrieval.embed.clip import ClipEmbedder
 
 
+MODES = ("vector", "keyword", "hybrid")
+"""How a text query finds tweets: its meaning (vectors), its words (BM25), or both fused."""
+RRF_K = 60
+"""The rank offset of reciprocal-rank fusion (the usual 60: a top rank on one side is not decisive)."""
+FUSION_DEPTH = 50
+"""Hits taken from each side before fusing."""
+
+
 @dataclass(frozen=True)
 class Hit:
     """One neighbour: its rank (1-based), cosine similarity and metadata row."""
@@ -27,13 +37,16 @@ class Hit:
     rank: int
     score: float
     tweet: dict[str, Any]
+    found_by: Mapping[str, int] = field(default_factory=dict)
+    """Keyword and hybrid search: which side found the tweet and its rank there ({"vector": 3, "keyword": 1})."""
 
     def to_json(self) -> dict[str, Any]:
         tweet = {k: v for k, v in self.tweet.items() if k not in ("has_vector", "row", "source")}
         if tweet.get("date") is not None:
             tweet["date"] = tweet["date"].isoformat()
         tweet["media"] = stored_media(tweet["media"])
-        return {"rank": self.rank, "score": round(self.score, 4), **tweet}
+        found = {"found_by": dict(self.found_by)} if self.found_by else {}
+        return {"rank": self.rank, "score": round(self.score, 4), **tweet, **found}
 
 
 def open_index(
@@ -111,17 +124,48 @@ class Searcher:
         filters: Filters | None = None,
         nprobe: int | None = None,
         space: str = "text",
+        mode: str = "vector",
     ) -> list[Hit]:
         """Tweets near a text: by the text model over tweet texts (`text`), or by CLIP's text tower
-        over their images (`image`)."""
+        over their images (`image`). `mode` keyword uses BM25 over the words instead, hybrid fuses
+        the two rankings; the image space is vector only."""
         if not text or not text.strip():
             raise RetrievalError("the query text is empty")
+        if space == "image" and mode != "vector":
+            raise RetrievalError(f"the image space is searched by vectors only, not {mode}")
         if space == "image":
             query = self._clip().encode([text.strip()])
             return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
         if space != "text":
             raise RetrievalError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
-        return self.similar_vectors(self.embedder.encode([text.strip()]), k, filters=filters, nprobe=nprobe)[0]
+        if mode == "vector":
+            return self.similar_vectors(self.embedder.encode([text.strip()]), k, filters=filters, nprobe=nprobe)[0]
+        if mode not in MODES:
+            raise RetrievalError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if not tokenize(text):
+            raise RetrievalError(f"{text.strip()!r}: no words to search for by keyword")
+        depth = k if mode == "keyword" else max(k, FUSION_DEPTH)
+        sides = {"keyword": self.reader.keyword_search(text, depth, filters=filters)}
+        if mode == "hybrid":
+            query = self.embedder.encode([text.strip()])
+            sides["vector"] = self.reader.search(query, depth, filters=filters, nprobe=nprobe)[0]
+        return self._fused(sides, k)
+
+    def _fused(self, sides: Mapping[str, list[tuple[int, float]]], k: int) -> list[Hit]:
+        """Reciprocal-rank fusion: each side adds 1 / (RRF_K + rank) for every tweet it found, so a
+        tweet both sides rank high comes first; with one side this is that side's order and scores."""
+        ranks: dict[int, dict[str, int]] = {}
+        for side, found in sides.items():
+            for rank, (vec_id, _) in enumerate(found, 1):
+                ranks.setdefault(vec_id, {})[side] = rank
+        if len(sides) == 1:
+            ((side, found),) = sides.items()
+            scored = [(vec_id, score) for vec_id, score in found[:k]]
+        else:
+            fused = {vec_id: sum(1 / (RRF_K + r) for r in by.values()) for vec_id, by in ranks.items()}
+            scored = sorted(fused.items(), key=lambda item: -item[1])[:k]
+        rows = {r["vec_id"]: r for r in self.reader.rows(sorted(i for i, _ in scored))}
+        return [Hit(rank, score, rows[i], ranks[i]) for rank, (i, score) in enumerate(scored, 1) if i in rows]
 
     def image_vector(self, image: PIL.Image.Image) -> np.ndarray:
         """The CLIP vector of one image, checked against an index that has image vectors."""

@@ -124,8 +124,11 @@ def create_app(
                 raise HTTPException(404, f"{body.index}: no tweet with id {body.id}")
             hits = searcher.similar_to_tweet(body.id, body.k, filters=filters)
         else:
-            hits = searcher.similar(body.text or "", body.k, filters=filters, space=body.space)
-        found = [HitOut(rank=h.rank, score=round(h.score, 4), **Tweet.of(h.tweet).model_dump()) for h in hits]
+            hits = searcher.similar(body.text or "", body.k, filters=filters, space=body.space, mode=body.mode)
+        found = [
+            HitOut(rank=h.rank, score=round(h.score, 4), found_by=dict(h.found_by), **Tweet.of(h.tweet).model_dump())
+            for h in hits
+        ]
         return SimilarOut(index=index.name, version=searcher.reader.manifest.version, hits=found)
 
     @v1.post("/predict", response_model=PredictOut)

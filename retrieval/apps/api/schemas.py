@@ -28,6 +28,9 @@ class SimilarIn(Strict):
     id: int | None = Field(None, description="A stored tweet's id: its neighbours, itself left out.")
     image: str | None = Field(None, description="An image as base64 (a data: URL prefix is accepted).")
     space: Space = "text"
+    mode: Literal["vector", "keyword", "hybrid"] = Field(
+        "vector", description="vector: by meaning; keyword: BM25 over the words; hybrid: both, fused by rank."
+    )
     k: int = Field(10, ge=1, le=100)
     filters: FiltersIn = FiltersIn()
 
@@ -59,6 +62,7 @@ class Tweet(BaseModel):
 class HitOut(Tweet):
     rank: int
     score: float
+    found_by: dict[str, int] = Field(default_factory=dict, description="Keyword and hybrid: each side's rank.")
 
 
 class SimilarOut(BaseModel):

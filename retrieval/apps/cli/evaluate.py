@@ -162,3 +162,31 @@ def eval_generate_cmd(
     render.metrics_table({s: result[s] for s in SYSTEMS}, ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL"), 9, ".4f")
     per = result["seconds_per_tweet"]
     click.echo(f"tokens/s {result['tokens_per_s']}; s/tweet: rag {per['rag']}, llm_only {per['llm_only']}")
+
+
+@evaluate.command("retrieval")
+@INDEX
+@click.option(
+    "--queries",
+    "queries_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='JSON Lines of {"query": "...", "relevant": [ids], "username": ...} (bench/queries/ has one).',
+)
+@click.option("--modes", default="vector,keyword,hybrid", show_default=True, help="Comma-separated search modes.")
+@JSON
+def eval_retrieval_cmd(index_path: Path, queries_path: Path, modes: str, as_json: bool) -> None:
+    """MRR@10, recall@10 and nDCG@10 of each search mode on your own judgments."""
+    from retrieval.evaluation.retrieval import eval_retrieval, load_queries
+    from retrieval.query.search import MODES, Searcher
+
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    if unknown := set(chosen) - set(MODES):
+        raise click.BadParameter(f"unknown {sorted(unknown)}; use {', '.join(MODES)}", param_hint="--modes")
+    with user_errors():
+        result = eval_retrieval(Searcher.open(index_path), load_queries(queries_path), chosen)
+    if as_json:
+        render.dump(result)
+        return
+    click.echo(f"{result['queries']} queries of {queries_path} on {index_path}")
+    render.metrics_table({m: result[m] for m in chosen}, ("mrr_at_10", "recall_at_10", "ndcg_at_10"), 14, ".4f")

@@ -83,6 +83,13 @@ SPACE = click.option(
     show_default=True,
     help="text: the text model over tweet texts; image: CLIP over tweet images.",
 )
+MODE = click.option(
+    "--mode",
+    type=click.Choice(["vector", "keyword", "hybrid"]),
+    default="vector",
+    show_default=True,
+    help="vector: by meaning; keyword: BM25 over the words (hashtags and handles kept); hybrid: both, fused by rank.",
+)
 NPROBE = click.option(
     "--nprobe", type=click.IntRange(1), default=None, help="Lists to visit (default: the tuned value)."
 )

@@ -16,6 +16,7 @@ from retrieval.apps.cli.options import (
     FILTERS,
     INDEX,
     JSON,
+    MODE,
     NPROBE,
     PARAMS,
     SPACE,
@@ -34,6 +35,7 @@ from retrieval.apps.cli.options import (
 @NPROBE
 @image_option("Query by an image (file or URL) over the image vectors.")
 @SPACE
+@MODE
 @CLIP
 @CHECK
 @JSON
@@ -50,6 +52,7 @@ def similar(
     nprobe: int | None,
     image_path: str | None,
     space: str,
+    mode: str,
     clip_checkpoint: Path | None,
     clip_model: str | None,
     check: bool,
@@ -72,7 +75,7 @@ def similar(
         elif tweet_id is not None:
             hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
         else:
-            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe, space=space)
+            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe, space=space, mode=mode)
     if as_json:
         render.dump([h.to_json() for h in hits])
     else:

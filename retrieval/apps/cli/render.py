@@ -43,11 +43,15 @@ def hits(found: Sequence[Any]) -> None:
     if not found:
         click.echo("no tweets match")
         return
-    click.echo(f"{'#':>3} {'score':>6} {'date':10} {'account':18} {'likes':>7}  text")
+    sides = any(h.found_by for h in found)
+    column = f"{'found by':11} " if sides else ""
+    click.echo(f"{'#':>3} {'score':>6} {column}{'date':10} {'account':18} {'likes':>7}  text")
     for h in found:
         t = h.tweet
         likes = "-" if t["likes"] is None else str(t["likes"])
-        head = f"{h.rank:>3} {h.score:6.3f} {day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
+        by = " ".join(f"{side[0]}{rank}" for side, rank in sorted(h.found_by.items(), reverse=True))
+        head = f"{h.rank:>3} {h.score:6.3f} " + (f"{by:11} " if sides else "")
+        head += f"{day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
         click.echo(head + cut(shown_text(t), width() - len(head)))
 
 

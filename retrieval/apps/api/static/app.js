@@ -50,6 +50,8 @@ function card(hit) {
   meta.append(el("strong", "", "@" + (hit.username || "unknown")), el("span", "", day(hit.date)));
   if (hit.likes !== null) meta.append(el("span", "", hit.likes.toLocaleString() + " likes"));
   meta.append(el("span", "", "score " + hit.score.toFixed(3)));
+  const sides = Object.entries(hit.found_by || {}).map(([side, rank]) => `${side} #${rank}`);
+  if (sides.length) meta.append(el("span", "muted", "found by " + sides.join(", ")));
   li.append(meta, tweetText(hit.content));
   const links = el("div", "meta");
   hit.media.forEach((m, i) => {
@@ -79,7 +81,8 @@ async function search(query, label) {
   $("results").replaceChildren();
   try {
     const k = Number($("f-k").value) || 10;
-    const found = await (await api("/v1/similar", { index: index(), k, filters: filters(), ...query })).json();
+    const mode = query.text ? $("f-mode").value : "vector";
+    const found = await (await api("/v1/similar", { index: index(), k, mode, filters: filters(), ...query })).json();
     $("results").replaceChildren(...found.hits.map(card));
     status("search-status", found.hits.length ? `${found.hits.length} ${label}` : "No tweets match; try fewer filters.");
   } catch (e) {

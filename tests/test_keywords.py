@@ -1,0 +1,124 @@
+"""Keyword (BM25) and hybrid search over real tweets, through the library and the CLI."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import BEHAVIOUR, HashEmbedder
+
+from retrieval import Filters, RetrievalError, add_to_index, build_index, open_index, verify
+from retrieval.apps.cli import cli
+from retrieval.index.keywords import tokenize
+from retrieval.io.tweets import load_tweets
+
+
+@pytest.fixture(scope="module")
+def tweets() -> list[dict]:
+    """The first 600 tweets as the index holds them (HTML entities decoded, ids as `tweet_id`)."""
+    return load_tweets(BEHAVIOUR).table.slice(0, 600).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kw")
+    pq.write_table(pq.read_table(BEHAVIOUR).slice(0, 600), folder / "first.parquet")
+    build_index(folder / "first.parquet", folder / "idx", embedder=HashEmbedder(), progress=False)
+    return folder / "idx"
+
+
+def _hashtags(tweets: list[dict]) -> Counter[str]:
+    return Counter(h.lower() for t in tweets if t["content"] for h in set(re.findall(r"#\w+", t["content"])))
+
+
+def test_tokens_keep_hashtags_and_handles_and_drop_placeholders() -> None:
+    tokens = tokenize("We are HIRING engineers! #NPD @Tesla <hyperlink> <mention> running")
+    assert tokens == ["we", "hire", "engin", "#npd", "@tesla", "run"]
+    assert tokenize("!!! ... <hyperlink>") == []
+
+
+def test_a_rare_hashtag_finds_its_tweet_first(index: Path, tweets: list[dict]) -> None:
+    tag = next(h for h, n in _hashtags(tweets).items() if n == 1)
+    owner = next(t for t in tweets if t["content"] and tag in t["content"].lower())
+    searcher = open_index(index, embedder=HashEmbedder())
+    (first, *rest) = searcher.similar(tag, k=5, mode="keyword")
+    assert first.tweet["tweet_id"] == owner["tweet_id"] and first.found_by == {"keyword": 1}
+    assert all(tag not in (h.tweet["content"] or "").lower() for h in rest), "no other tweet has the tag"
+
+
+def test_keyword_filters_are_bound_values(index: Path, tweets: list[dict]) -> None:
+    tag, _ = _hashtags(tweets).most_common(1)[0]
+    searcher = open_index(index, embedder=HashEmbedder())
+    everyone = searcher.similar(tag, k=20, mode="keyword")
+    account = everyone[0].tweet["username"]
+    mine = searcher.similar(tag, k=20, mode="keyword", filters=Filters(username=account))
+    assert mine and all(h.tweet["username"] == account for h in mine)
+    for mode in ("keyword", "hybrid"):
+        assert searcher.similar(tag, k=5, mode=mode, filters=Filters(username="x' OR 1=1 --")) == []
+    assert verify(index) == []
+
+
+def test_a_query_without_words_is_one_line_error(index: Path) -> None:
+    searcher = open_index(index, embedder=HashEmbedder())
+    for mode in ("keyword", "hybrid"):
+        with pytest.raises(RetrievalError, match="no words to search for by keyword"):
+            searcher.similar("!!! ...", k=5, mode=mode)
+    with pytest.raises(RetrievalError, match="unknown mode"):
+        searcher.similar("news", k=5, mode="magic")
+
+
+def test_hybrid_fuses_both_sides_by_rank(index: Path, tweets: list[dict]) -> None:
+    text = next(t["content"] for t in tweets if t["content"] and len(tokenize(t["content"])) > 6)
+    searcher = open_index(index, embedder=HashEmbedder())
+    hits = searcher.similar(text, k=10, mode="hybrid")
+    assert hits[0].tweet["content"] == text and hits[0].found_by == {"keyword": 1, "vector": 1}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].score == pytest.approx(2 / 61)
+    assert any(set(h.found_by) == {"keyword"} for h in hits), "words alone bring tweets the vectors miss"
+
+
+def test_an_add_extends_the_keyword_index(tmp_path: Path, index: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy)
+    more = pq.read_table(BEHAVIOUR).slice(600, 200)
+    pq.write_table(more, tmp_path / "more.parquet")
+    before = _hashtags(pq.read_table(BEHAVIOUR).slice(0, 600).to_pylist())
+    tag = next(h for h, n in _hashtags(more.to_pylist()).items() if h not in before)
+    add_to_index(tmp_path / "more.parquet", copy, embedder=HashEmbedder(), progress=False)
+    (first, *_) = open_index(copy, embedder=HashEmbedder()).similar(tag, k=3, mode="keyword")
+    assert tag in first.tweet["content"].lower() and first.tweet["vec_id"] >= 600
+    assert verify(copy) == []
+
+
+def test_cli_keyword_mode_shows_which_side_found_each_tweet(index: Path, tweets: list[dict]) -> None:
+    """Keyword search needs no model, so it runs even on an index built with the fake embedder."""
+    tag = next(h for h, n in _hashtags(tweets).items() if n == 1)
+    result = CliRunner().invoke(cli, ["similar", tag, "--index", str(index), "--mode", "keyword", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    header, first = result.stdout.splitlines()[:2]
+    assert "found by" in header and first.split()[2] == "k1"
+    empty = CliRunner().invoke(cli, ["similar", "?!", "--index", str(index), "--mode", "keyword"])
+    assert empty.exit_code == 1 and "no words to search for" in empty.output and "Traceback" not in empty.output
+
+
+def test_eval_retrieval_scores_each_mode_on_judgments(index: Path, tweets: list[dict], tmp_path: Path) -> None:
+    import json
+
+    from retrieval.evaluation.retrieval import eval_retrieval, load_queries
+
+    chosen = [t for t in tweets if t["content"] and len(tokenize(t["content"])) > 8][:20]
+    lines = [json.dumps({"query": t["content"], "relevant": [t["tweet_id"]]}) for t in chosen]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    report = eval_retrieval(open_index(index, embedder=HashEmbedder()), load_queries(tmp_path / "q.jsonl"))
+    assert report["queries"] == 20
+    assert report["vector"]["mrr_at_10"] == 1.0, "the fake embedder finds an exact text first"
+    assert report["keyword"]["recall_at_10"] >= 0.9 and 0 < report["hybrid"]["ndcg_at_10"] <= 1.0
+    (tmp_path / "bad.jsonl").write_text('{"query": "x", "relevant": [1]}\n{"query": 3}\n')
+    with pytest.raises(RetrievalError, match=r"bad.jsonl: line 2: needs a query text"):
+        load_queries(tmp_path / "bad.jsonl")
