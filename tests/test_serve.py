@@ -339,3 +339,41 @@ def test_keyword_and_hybrid_modes_over_http(client: TestClient, tweets: list[dic
     empty = client.post("/v1/similar", json={"index": "brand", "text": "?!", "mode": "keyword"})
     assert empty.status_code == 400 and "no words" in empty.json()["error"]
     assert client.post("/v1/similar", json={"index": "brand", "text": "x", "mode": "magic"}).status_code == 422
+
+
+def test_a_chunked_body_is_counted_and_odd_values_are_refused(client: TestClient) -> None:
+    def chunks():
+        for _ in range(20):
+            yield b" " * 2**20
+
+    streamed = client.post("/v1/similar", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
+    comma = client.post("/v1/similar", json={"index": "brand", "image": "data:image/png;base64"})
+    assert comma.status_code == 400 and "cannot be used" in comma.json()["error"]
+    for body in ({"index": "brand", "id": 2**70}, {"index": "brand", "text": "x", "filters": {"min_likes": 2**70}}):
+        assert client.post("/v1/similar", json=body).status_code == 422
+    assert client.get(f"/v1/tweets/brand/{2**70}").status_code == 422
+
+
+def test_a_damaged_new_version_leaves_the_open_one_answering(
+    tmp_path: Path, index_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(served_module, "RECHECK_S", 0.0)
+    copy = tmp_path / "brand"
+    shutil.copytree(index_path, copy)
+    client = TestClient(create_app([ServedIndex(copy, embedder=HashEmbedder())]))
+    (copy / "manifest.json").write_text("{ not json")
+    answer = client.post("/v1/similar", json={"index": "brand", "text": "news", "k": 2})
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+
+
+def test_an_empty_token_file_refuses_to_start(index_path: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from retrieval.apps.cli import cli
+
+    (tmp_path / "token").write_text("\n")
+    result = CliRunner().invoke(cli, ["serve", "--index", str(index_path), "--token-file", str(tmp_path / "token")])
+    assert result.exit_code == 1 and "empty" in result.output
+    missing = CliRunner().invoke(cli, ["serve", "--index", str(index_path), "--token-file", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

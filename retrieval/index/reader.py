@@ -137,7 +137,7 @@ class IndexReader:
             self._con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
-        self._keywords: keywords.KeywordIndex | None = None
+        self._keywords = keywords.KeywordIndex.open(self.path)  # with the files just checked, not later
         self._owner = threading.get_ident()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -226,9 +226,7 @@ class IndexReader:
         """Up to k (vec_id, BM25 score) pairs for the words of `query`, best first, filtered like
         vector search (the same bound SQL)."""
         if self._keywords is None:
-            self._keywords = keywords.KeywordIndex.open(self.path)
-            if self._keywords is None:
-                raise RetrievalError(f"{self.path}: no keyword index (built before there was one); rebuild the index")
+            raise RetrievalError(f"{self.path}: no keyword index (built before there was one); rebuild the index")
         return self._keywords.search(query, k, self.allowed_positions(filters, "text"))
 
     def search(

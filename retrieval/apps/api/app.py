@@ -10,18 +10,20 @@ import hmac
 import json
 import logging
 import queue
-import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from retrieval.apps.api.schemas import (
+    INT64,
     ErrorOut,
     GenerateIn,
     HitOut,
@@ -43,6 +45,9 @@ MAX_IMAGE_BYTES = 10 * 2**20
 """An uploaded image, decoded from base64; the request around it may be a third larger."""
 STATUS = ((IndexNotFound, 404), (IndexLocked, 409), (DataError, 422), (IndexCorrupt, 503), (ModelMissing, 503))
 """The status of each kind of library error; any other RetrievalError is the request's fault (400)."""
+GENERATION = ThreadPoolExecutor(1, thread_name_prefix="generate")
+"""Streamed generations run here: one at a time (the model's queue sees to it), on one thread,
+so they hold one DuckDB cursor per index, not one per request."""
 ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
@@ -58,7 +63,7 @@ def _naive(when: dt.datetime | None) -> dt.datetime | None:
 def _image(data: str) -> Any:
     """A base64 image (with or without a data: URL prefix) as a PIL image."""
     try:
-        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        raw = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
     except (binascii.Error, ValueError):
         raise RetrievalError("image: not valid base64") from None
     return decode_image(raw, max_bytes=MAX_IMAGE_BYTES)
@@ -76,7 +81,7 @@ def create_app(
     app = FastAPI(title="tweet-retrieval", version="1", summary="Similar tweets, likes prediction, generation.")
     app.state.indexes, app.state.model = list(indexes), model
     _add_error_handlers(app)
-    _limit_body(app, MAX_IMAGE_BYTES * 4 // 3 + 2**16)
+    app.add_middleware(BodyLimit, limit=MAX_IMAGE_BYTES * 4 // 3 + 2**16)
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -103,7 +108,7 @@ def create_app(
         return _describe(index_of(name))
 
     @v1.get("/tweets/{index}/{tweet_id}", response_model=Tweet)
-    def tweet(index: str, tweet_id: int) -> Tweet:
+    def tweet(index: str, tweet_id: Annotated[int, PathParam(ge=-INT64, le=INT64)]) -> Tweet:
         row = index_of(index).searcher.reader.find_tweet(tweet_id)
         if row is None:
             raise HTTPException(404, f"{index}: no tweet with id {tweet_id}")
@@ -238,7 +243,7 @@ def _stream(index: ServedIndex, model: ModelQueue, body: GenerateIn) -> Iterator
             model.release()
             events.put(None)
 
-    threading.Thread(target=work, name="generate", daemon=True).start()  # now: it releases the model
+    GENERATION.submit(work)  # now: it releases the model
 
     def sent() -> Iterator[str]:
         while (event := events.get()) is not None:
@@ -277,12 +282,39 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error; the server log has the details")
 
 
-def _limit_body(app: FastAPI, limit: int) -> None:
-    """Refuse a body over `limit` bytes before reading it (413)."""
+class BodyLimit:
+    """ASGI middleware: a request body over the limit gets 413 before the app sees it, whether it
+    declares its length or arrives in chunks (read up to the limit, then replayed to the app)."""
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limit:
-            return _error(413, f"request of {int(size) / 2**20:.1f} MiB, over the {limit / 2**20:.1f} MiB limit")
-        return await call_next(request)
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(int(declared), scope, receive, send)
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                return await self._refuse(received, scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> dict:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, size: int, scope: dict, receive: Any, send: Any) -> None:
+        limit = f"{self.limit / 2**20:.1f} MiB"
+        message = f"request of {size / 2**20:.1f} MiB or more, over the {limit} limit"
+        await _error(413, message)(scope, receive, send)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Space = Literal["text", "image"]
+INT64 = 2**63 - 1
+"""Ids, counts and seeds are 64-bit in the index: larger numbers are refused as invalid."""
 
 
 class Strict(BaseModel):
@@ -19,13 +21,13 @@ class FiltersIn(Strict):
     company: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = Field(None, description="Inclusive; a date without a time means the whole day.")
-    min_likes: int | None = Field(None, ge=0)
+    min_likes: int | None = Field(None, ge=0, le=INT64)
 
 
 class SimilarIn(Strict):
     index: str = Field(description="An index's name: its folder's name (indexes/adobe -> adobe).")
     text: str | None = Field(None, max_length=10_000)
-    id: int | None = Field(None, description="A stored tweet's id: its neighbours, itself left out.")
+    id: int | None = Field(None, ge=-INT64, le=INT64, description="A stored tweet's id: its neighbours, not itself.")
     image: str | None = Field(None, description="An image as base64 (a data: URL prefix is accepted).")
     space: Space = "text"
     mode: Literal["vector", "keyword", "hybrid"] = Field(
@@ -119,9 +121,9 @@ class GenerateIn(Strict):
     date: dt.datetime | None = None
     media: str = Field("", max_length=500, description="What the picture or video shows, in words.")
     topic: str | None = Field(None, max_length=500)
-    likes: int | None = Field(None, ge=0)
+    likes: int | None = Field(None, ge=0, le=INT64)
     candidates: int = Field(1, ge=1, le=8)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)
     exemplars: int = Field(5, ge=0, le=20)

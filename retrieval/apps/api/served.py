@@ -67,49 +67,49 @@ class ServedIndex:
         self._lock = threading.Lock()
         self._checked = 0.0
         self._predictor: LikesPredictor | None = None
-        self._retired: Searcher | None = None
         self._searcher = self._open(embedder)
 
     def _open(self, embedder: Embedder | None) -> Searcher:
         """The index as it is now, with its text model loaded (unless `embedder` is given)."""
         reader = IndexReader(self.path)
         record = reader.manifest.text.embedder
-        if embedder is None and reader.manifest.has_text:
-            embedder = embedder_for_index(record)
-        if embedder is not None and not isinstance(embedder, QueryCache):
-            embedder = QueryCache(embedder)
-        searcher = Searcher(reader, embedder, clip=self.clip)
+        try:
+            if embedder is None and reader.manifest.has_text:
+                embedder = embedder_for_index(record)
+            if embedder is not None and not isinstance(embedder, QueryCache):
+                embedder = QueryCache(embedder)
+            searcher = Searcher(reader, embedder, clip=self.clip)
+        except BaseException:
+            reader.close()
+            raise
         self.embedder = embedder
         self._record: tuple[object, object] = (record.get("name"), record.get("dim"))
         self.version = reader.manifest.version
+        self._stamp = _stamp(reader.manifest)
         log.info("%s: version %d open (%d rows)", self.name, self.version, reader.manifest.next_id)
         return searcher
 
     @property
     def searcher(self) -> Searcher:
-        """The searcher of the current version."""
+        """The searcher of the current version. A new version that cannot be opened (damaged,
+        mid-publish) is logged and the open one keeps answering."""
         now = time.monotonic()
         if now - self._checked >= RECHECK_S:
             self._checked = now
-            try:
-                newer = read_manifest(self.path).version != self.version
-            except RetrievalError:  # mid-publish or damaged: keep answering from the open version
-                newer = False
-            if newer:
-                with self._lock:
-                    if read_manifest(self.path).version != self.version:
+            with self._lock:
+                try:
+                    if _stamp(read_manifest(self.path)) != self._stamp:
                         self._swap()
+                except RetrievalError as e:
+                    log.warning("%s: keeping version %d open: %s", self.name, self.version, e)
         return self._searcher
 
     def _swap(self) -> None:
-        """Open the new version beside the old, then swap. Requests already running finish on the
-        old one, which is closed at the next swap (two versions back, long done)."""
+        """Open the new version beside the old, then swap. The old one is not closed here: a
+        request may still use it (a generation takes seconds); it closes when the last goes."""
         record = read_manifest(self.path).text.embedder
         same_model = (record.get("name"), record.get("dim")) == self._record  # else a rebuild changed it
-        fresh = self._open(self.embedder if same_model else None)
-        if self._retired is not None:
-            self._retired.close()
-        self._retired, self._searcher, self._predictor = self._searcher, fresh, None
+        self._searcher, self._predictor = self._open(self.embedder if same_model else None), None
 
     @property
     def predictor(self) -> LikesPredictor:
@@ -119,6 +119,11 @@ class ServedIndex:
         if predictor is None or predictor.searcher is not searcher:
             predictor = self._predictor = LikesPredictor(searcher)
         return predictor
+
+
+def _stamp(manifest: Any) -> tuple[Any, ...]:
+    """What changes with every publish, a rebuild that starts the versions again included."""
+    return manifest.version, manifest.built_at, manifest.updated_at, manifest.next_id
 
 
 class Busy(Exception):

@@ -112,6 +112,8 @@ def predict(
     from retrieval.tasks.likes.predictor import LikesPredictor
 
     config = parse_params(params)
+    if not text.strip():
+        raise click.ClickException("the tweet text is empty")
     with user_errors():
         clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
         predictor = LikesPredictor(Searcher.open(index_path, clip=clip, check=check), config)

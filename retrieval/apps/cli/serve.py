@@ -26,7 +26,10 @@ LOCAL = ("127.0.0.1", "localhost", "::1")
     "--token", default=None, envvar="RETRIEVAL_TOKEN", help="Every /v1/ call must send Authorization: Bearer TOKEN."
 )
 @click.option(
-    "--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Read the token from a file."
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Read the token from a file.",
 )
 @click.option(
     "--llm",
@@ -56,7 +59,9 @@ def serve(
     from retrieval.apps.api.server import load, run
 
     if token_file is not None:
-        token = token_file.read_text().strip() or None
+        token = token_file.read_text(errors="replace").strip()
+        if not token:
+            raise click.ClickException(f"{token_file}: empty; a token file holds the token on its first line")
     if host not in LOCAL and not token:
         raise click.ClickException(f"--host {host} would open the server to the network: give --token or --token-file")
     with user_errors():

@@ -55,8 +55,10 @@ function card(hit) {
   li.append(meta, tweetText(hit.content));
   const links = el("div", "meta");
   hit.media.forEach((m, i) => {
+    const href = m.url || m.thumbnail || "";
+    if (!/^https?:\/\//i.test(href)) return;  // only web links: a file's media may hold anything
     const a = el("a", "", m.kind + " " + (i + 1));
-    a.href = m.url || m.thumbnail; a.target = "_blank"; a.rel = "noopener";
+    a.href = href; a.target = "_blank"; a.rel = "noopener";
     links.append(a);
   });
   if (hit.id !== null && hit.content) {
