@@ -141,13 +141,6 @@ class Manifest:
         body["manifest_sha256"] = _self_checksum(body)
         return body
 
-    def summary(self) -> dict[str, Any]:
-        """The manifest as `index info --json` and the HTTP API show it (no file list)."""
-        body = self.to_json()
-        body.pop("files")
-        body.pop("manifest_sha256")
-        return body
-
     def write(self, folder: Path) -> None:
         (Path(folder) / "manifest.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
 

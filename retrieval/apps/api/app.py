@@ -148,13 +148,11 @@ def create_app(
         if model is None:
             raise ModelMissing("this server was started without a language model")
         index = index_of(body.index)
-        generator = model.acquire()
         if body.stream:
+            model.acquire()  # here, so a full queue is a 503; the stream's worker releases it
             return StreamingResponse(_stream(index, model, body), media_type="text/event-stream")
-        try:
+        with model.turn() as generator:
             return _generate(index, generator, body)
-        finally:
-            model.release()
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

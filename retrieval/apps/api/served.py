@@ -57,8 +57,8 @@ class QueryCache:
 
 
 class ServedIndex:
-    """One index open for requests. Its searcher is swapped as a whole when the manifest's version
-    changes, so a request sees the old index or the new one, never a mix, and no restart is needed."""
+    """One index open for requests. Its searcher is swapped as a whole when the index is published
+    again, so a request sees the old index or the new one, never a mix, and no restart is needed."""
 
     def __init__(self, path: str | Path, *, embedder: Embedder | None = None, clip: Any = None) -> None:
         self.path = Path(path)
@@ -67,12 +67,17 @@ class ServedIndex:
         self._lock = threading.Lock()
         self._checked = 0.0
         self._predictor: LikesPredictor | None = None
+        self._record: tuple[object, object] | None = None
         self._searcher = self._open(embedder)
 
     def _open(self, embedder: Embedder | None) -> Searcher:
-        """The index as it is now, with its text model loaded (unless `embedder` is given)."""
+        """The index as it is now, with its text model loaded, or `embedder` unless the index now
+        records another model than the one open (a rebuild changed it)."""
         reader = IndexReader(self.path)
         record = reader.manifest.text.embedder
+        model = (record.get("name"), record.get("dim"))
+        if self._record is not None and model != self._record:
+            embedder = None
         try:
             if embedder is None and reader.manifest.has_text:
                 embedder = embedder_for_index(record)
@@ -82,12 +87,14 @@ class ServedIndex:
         except BaseException:
             reader.close()
             raise
-        self.embedder = embedder
-        self._record: tuple[object, object] = (record.get("name"), record.get("dim"))
-        self.version = reader.manifest.version
-        self._stamp = _stamp(reader.manifest)
+        self.embedder, self._record, self._stamp = embedder, model, _stamp(reader.manifest)
         log.info("%s: version %d open (%d rows)", self.name, self.version, reader.manifest.next_id)
         return searcher
+
+    @property
+    def version(self) -> int:
+        """The version of the open index."""
+        return self._stamp[0]
 
     @property
     def searcher(self) -> Searcher:
@@ -99,17 +106,13 @@ class ServedIndex:
             with self._lock:
                 try:
                     if _stamp(read_manifest(self.path)) != self._stamp:
-                        self._swap()
+                        # opened beside the old one, then swapped; the old one is not closed: a
+                        # request may still use it (a generation takes seconds), and it closes
+                        # when the last one lets go
+                        self._searcher = self._open(self.embedder)
                 except RetrievalError as e:
                     log.warning("%s: keeping version %d open: %s", self.name, self.version, e)
         return self._searcher
-
-    def _swap(self) -> None:
-        """Open the new version beside the old, then swap. The old one is not closed here: a
-        request may still use it (a generation takes seconds); it closes when the last goes."""
-        record = read_manifest(self.path).text.embedder
-        same_model = (record.get("name"), record.get("dim")) == self._record  # else a rebuild changed it
-        self._searcher, self._predictor = self._open(self.embedder if same_model else None), None
 
     @property
     def predictor(self) -> LikesPredictor:
