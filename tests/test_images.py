@@ -19,8 +19,9 @@ from conftest import LABELLED, make_image
 
 from retrieval.errors import RetrievalError
 from retrieval.evaluation.search import eval_search
+from retrieval.index.filters import Filters
 from retrieval.index.manifest import read_manifest
-from retrieval.index.reader import Filters, IndexReader
+from retrieval.index.reader import IndexReader
 from retrieval.index.verify import verify
 from retrieval.io.media import MediaFetcher
 from retrieval.pipeline.build import ImageSource, add_to_index, build_index

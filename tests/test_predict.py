@@ -22,10 +22,10 @@ from retrieval.evaluation.likes import LIKES_METRICS, cross_validate_likes, eval
 from retrieval.index import store
 from retrieval.index.reader import IndexReader
 from retrieval.io.tweets import load_tweets
+from retrieval.query.levels import GroupStats
 from retrieval.tasks.likes.history import IndexHistory
 from retrieval.tasks.likes.predict import (
     Found,
-    GroupStats,
     PredictConfig,
     Query,
     combine,
@@ -94,14 +94,14 @@ def test_weighted_quantile() -> None:
 def test_prior_falls_back_from_account_to_company_to_base() -> None:
     stats = _stats([("cnn", "cnn", 100, 700.0, 4900.0), ("tiny", "acme", 4, 4.0, 4.0), ("other", "acme", 6, 12.0, 24)])
     config = PredictConfig(account_shrink=1.0, company_shrink=1.0)
-    cnn = stats.prior("CNN", None, stats.mean, config)
+    cnn = stats.prior("CNN", None, stats.mean, config.shrink)
     assert cnn.source == "account" and cnn.company == "cnn" and cnn.value == pytest.approx(7.0, abs=0.01)
-    newcomer = stats.prior("brand_new", "Acme", 5.0, config)
+    newcomer = stats.prior("brand_new", "Acme", 5.0, config.shrink)
     assert newcomer.source == "company" and newcomer.account_tweets == 0
     assert newcomer.value == pytest.approx((4 + 12 + 5.0) / (10 + 1))  # acme's sum, one pseudo-tweet at base
-    tiny = stats.prior("tiny", None, 5.0, config, leave_out=1.0)
+    tiny = stats.prior("tiny", None, 5.0, config.shrink, leave_out=1.0)
     assert tiny.account_tweets == 3 and tiny.company_tweets == 9
-    nobody = stats.prior("brand_new", None, 5.0, config)
+    nobody = stats.prior("brand_new", None, 5.0, config.shrink)
     assert nobody.source == "base" and nobody.value == 5.0
 
 

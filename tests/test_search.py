@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrieval.errors import RetrievalError
-from retrieval.index.reader import Filters
+from retrieval.index.filters import Filters
 from retrieval.query.search import Searcher
 
 

@@ -12,8 +12,9 @@ import pytest
 from retrieval.errors import IndexNotFound
 from retrieval.index import faiss_ops as fx
 from retrieval.index import store
+from retrieval.index.filters import Filters
 from retrieval.index.manifest import read_manifest
-from retrieval.index.reader import Filters, IndexReader
+from retrieval.index.reader import IndexReader
 from retrieval.index.verify import verify
 from retrieval.io.tweets import load_tweets
 

@@ -18,12 +18,12 @@ from retrieval.embed.text import Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index.reader import IndexReader
 from retrieval.io.tweets import load_tweets
+from retrieval.query.levels import key
 from retrieval.tasks.likes.history import ArrayHistory, IndexHistory, queries_of
 from retrieval.tasks.likes.predict import (
     LikesPrediction,
     PredictConfig,
     Query,
-    key,
     predict_likes,
 )
 
@@ -98,7 +98,7 @@ def _gbm_features(
     extra = []
     for i, query in enumerate(queries):
         stats = history.stats(None if own is not None else query.date)
-        prior = stats.prior(query.username, query.company, stats.mean, config, None if own is None else own[i])
+        prior = stats.prior(query.username, query.company, stats.mean, config.shrink, None if own is None else own[i])
         when = query.date
         time = [when.year, when.month, when.weekday(), when.hour] if when else [np.nan] * 4
         extra.append([prior.value, math.log1p(prior.account_tweets), math.log1p(prior.company_tweets), *time])

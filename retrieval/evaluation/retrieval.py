@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import DataError
-from retrieval.index.reader import Filters
+from retrieval.index.filters import Filters
 from retrieval.query.search import MODES, Searcher
 
 K = 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import faiss
@@ -171,6 +172,19 @@ def _search_params(index: faiss.Index, nprobe: int, sel: faiss.IDSelector | None
     return faiss.SearchParameters(sel=sel)
 
 
+def _selector(shard: Shard, allowed: np.ndarray | None, keep: list) -> faiss.IDSelector | None | bool:
+    """The shard-local selector of the allowed global ids: None when all are allowed, False when
+    none of this shard's are."""
+    if allowed is None:
+        return None
+    local = allowed[(allowed >= shard.first_id) & (allowed < shard.first_id + shard.index.ntotal)]
+    if len(local) == 0:
+        return False
+    sel = faiss.IDSelectorBatch(local - shard.first_id)
+    keep.append(sel)
+    return sel
+
+
 def search(
     shards: list[Shard], queries: np.ndarray, k: int, *, nprobe: int, allowed: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -183,13 +197,9 @@ def search(
     all_scores, all_ids = [], []
     for shard in shards:
         keep: list = []
-        sel = None
-        if allowed is not None:
-            local = allowed[(allowed >= shard.first_id) & (allowed < shard.first_id + shard.index.ntotal)]
-            if len(local) == 0:
-                continue
-            sel = faiss.IDSelectorBatch(local - shard.first_id)
-            keep.append(sel)
+        sel = _selector(shard, allowed, keep)
+        if sel is False:
+            continue
         params = _search_params(shard.index, nprobe, sel, keep)
         scores, ids = shard.index.search(queries, k, params=params)
         all_scores.append(scores)
@@ -201,6 +211,72 @@ def search(
     scores[ids < 0] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def range_search(
+    shards: list[Shard], query: np.ndarray, min_score: float, *, nprobe: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every (score, global id) of one query at or above min_score in the lists probed, best
+    first; None when an index type has no range search (the caller then widens a top-k)."""
+    query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+    all_scores, all_ids = [np.zeros(0, "float32")], [np.zeros(0, "int64")]
+    for shard in shards:
+        keep: list = []
+        sel = _selector(shard, allowed, keep)
+        if sel is False:
+            continue
+        try:
+            _, scores, ids = shard.index.range_search(
+                query, min_score, params=_search_params(shard.index, nprobe, sel, keep)
+            )
+        except RuntimeError:
+            return None
+        all_scores.append(scores)
+        all_ids.append(ids + shard.first_id)
+    scores, ids = np.concatenate(all_scores), np.concatenate(all_ids)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], ids[order]
+
+
+def can_reconstruct(index: faiss.Index) -> bool:
+    """Whether stored vectors can be read back by id: Flat, IVF with Flat or scalar-quantized
+    codes, HNSW, and refine indexes (read from their refine codes). FAISS 1.15 crashes reading
+    back IVF fast-scan codes and stalls on a memory-mapped OPQ transform, so those say no."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return can_reconstruct(index.refine_index)
+    if isinstance(index, (faiss.IndexIVFFastScan, faiss.IndexFastScan, faiss.IndexPreTransform)):
+        return False
+    return isinstance(index, (faiss.IndexFlat, faiss.IndexIVF, faiss.IndexHNSW, faiss.IndexScalarQuantizer))
+
+
+_direct_map_lock = threading.Lock()
+
+
+def reconstruct(shards: list[Shard], ids: np.ndarray) -> np.ndarray | None:
+    """The stored (decoded) vectors of global ids, in their order; None when a shard's index
+    type cannot give them back. IVF shards get their id -> list map on first use."""
+    ids = np.asarray(ids, dtype=np.int64)
+    d = max((s.index.d for s in shards), default=0)
+    vectors = np.zeros((len(ids), d), dtype=np.float32)
+    for shard in shards:
+        inside = (ids >= shard.first_id) & (ids < shard.first_id + shard.index.ntotal)
+        if not inside.any():
+            continue
+        if not can_reconstruct(shard.index):
+            return None
+        _ensure_direct_map(shard.index)
+        vectors[inside] = shard.index.reconstruct_batch(ids[inside] - shard.first_id)
+    return vectors
+
+
+def _ensure_direct_map(index: faiss.Index) -> None:
+    ivf = _ivf_or_none(index)
+    if ivf is None or ivf.direct_map.type != faiss.DirectMap.NoMap:
+        return
+    with _direct_map_lock:
+        if ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, first_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

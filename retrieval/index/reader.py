@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,96 +17,19 @@ import pyarrow as pa
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
 from retrieval.index import keywords, store
-from retrieval.index.manifest import Manifest, VectorSetInfo, read_manifest
+from retrieval.index.filters import Filters
+from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards
+from retrieval.index.vector_search import SearchPlan, VectorSet, plan_search, vector_search
 
 log = logging.getLogger(__name__)
 
 OPEN_ATTEMPTS = 3
 """Opens tried while writers keep publishing, before a mismatch is reported as damage."""
-IMAGES_PER_TWEET = 4
-"""Image hits asked per wanted tweet: a tweet has up to four images, and counts once."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Metadata filters; each is bound as a SQL parameter, never pasted into the query."""
-
-    username: str | None = None
-    company: str | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    min_likes: int | None = None
-
-    def where(self) -> tuple[str, list[Any]]:
-        """A WHERE clause over `tweets` (TRUE when nothing is filtered) and its parameters."""
-        clauses, params = ["TRUE"], []
-        if self.username:
-            clauses.append("lower(username) = lower(?)")
-            params.append(self.username)
-        if self.company:
-            clauses.append("lower(company) = lower(?)")
-            params.append(self.company)
-        if self.since:
-            clauses.append("date >= ?")
-            params.append(self.since)
-        if self.until:
-            clauses.append("date <= ?")
-            params.append(self.until)
-        if self.min_likes is not None:
-            clauses.append("likes >= ?")
-            params.append(self.min_likes)
-        return " AND ".join(clauses), params
-
-    def active(self) -> bool:
-        return any(v is not None for v in (self.username, self.company, self.since, self.until, self.min_likes))
-
-
-def whole_day(until: dt.datetime | None) -> dt.datetime | None:
-    """An `until` without a time of day (midnight) means to the end of that day, as people mean it."""
-    if until is not None and until.time() == dt.time(0):
-        return until + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
-    return until
 
 
 SPACES = ("text", "image")
 """The vector sets an index can hold: text (MPNet or MiniLM) and image (CLIP)."""
-
-
-@dataclass(frozen=True)
-class VectorSet:
-    """One vector set of an index and how its FAISS positions map to vec_ids.
-
-    Text vectors sit at their vec_id; image vectors have positions of their own (a tweet may
-    have several images or none), mapped back through `owners`.
-    """
-
-    name: str
-    info: VectorSetInfo
-    shards: list[fx.Shard]
-    owners: np.ndarray | None = None
-    """vec_id of each image position; None for the text set, whose positions are vec_ids."""
-
-    @property
-    def embedder(self) -> Mapping[str, Any]:
-        return self.info.embedder
-
-    @property
-    def nprobe(self) -> int:
-        return self.info.nprobe
-
-    @property
-    def nlist(self) -> int:
-        return max((fx.nlist_of_index(s.index) for s in self.shards), default=0)
-
-    @property
-    def dim(self) -> int:
-        """Width of the vectors (0 for an empty set)."""
-        return max((s.index.d for s in self.shards), default=0)
-
-    @property
-    def ntotal(self) -> int:
-        return sum(s.index.ntotal for s in self.shards)
 
 
 class IndexReader:
@@ -229,6 +150,22 @@ class IndexReader:
             raise RetrievalError(f"{self.path}: no keyword index (built before there was one); rebuild the index")
         return self._keywords.search(query, k, self.allowed_positions(filters, "text"))
 
+    def plan(
+        self,
+        filters: Filters | None = None,
+        *,
+        nprobe: int | None = None,
+        exclude: set[int] | frozenset[int] = frozenset(),
+        space: str = "text",
+    ) -> SearchPlan:
+        """How a vector search with these filters runs, and why (`--explain`)."""
+        vset = self.vector_set(space)
+        allowed = self.allowed_positions(filters, space)
+        if allowed is not None and exclude:
+            owned = allowed if vset.owners is None else vset.owners[allowed]
+            allowed = allowed[~np.isin(owned, list(exclude))]
+        return plan_search(vset, allowed, nprobe or vset.nprobe)
+
     def search(
         self,
         queries: np.ndarray,
@@ -238,44 +175,12 @@ class IndexReader:
         nprobe: int | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
         space: str = "text",
+        min_score: float | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Per query, up to k (vec_id, score) pairs, best first, one per tweet.
-
-        A filter that admits a fraction f of the vectors visits nprobe / f lists, so about as
-        many admitted vectors are scanned as an unfiltered query scans (the tuned recall
-        holds). One that still comes back short is repeated over every list, so it returns k
-        results whenever k exist. In the image set a tweet with several images counts once,
-        at its best image.
-        """
-        vset = self.vector_set(space)
-        allowed = self.allowed_positions(filters, space)
-        owner = vset.owners
-        if allowed is not None and exclude:
-            owned = allowed if owner is None else owner[allowed]
-            allowed = allowed[~np.isin(owned, list(exclude))]
-        nprobe = nprobe or vset.nprobe
-        if allowed is not None and vset.nlist:
-            fraction = max(len(allowed), 1) / max(vset.ntotal, 1)
-            nprobe = min(vset.nlist, math.ceil(nprobe / fraction))
-        asked = k + len(exclude) if owner is None else IMAGES_PER_TWEET * (k + len(exclude))
-        scores, ids = fx.search(vset.shards, queries, asked, nprobe=nprobe, allowed=allowed)
-        if allowed is not None and vset.nlist > nprobe:
-            wanted = min(k, len(allowed))
-            short = (ids >= 0).sum(axis=1) < wanted
-            if short.any():
-                retry = fx.search(vset.shards, queries[short], asked, nprobe=vset.nlist, allowed=allowed)
-                scores[short], ids[short] = retry
-        out = []
-        for row_s, row_i in zip(scores, ids):
-            best: dict[int, float] = {}
-            for s, i in zip(row_s, row_i):
-                if i < 0:
-                    continue
-                vec_id = int(i) if owner is None else int(owner[i])
-                if vec_id not in exclude and vec_id not in best:
-                    best[vec_id] = float(s)
-            out.append(list(best.items())[:k])
-        return out
+        """Per query, up to k (vec_id, score) pairs, best first, one per tweet; `min_score` keeps
+        only hits at or above it. `vector_search` says how filters are searched."""
+        plan = self.plan(filters, nprobe=nprobe, exclude=exclude, space=space)
+        return vector_search(self.sets[space], plan, np.atleast_2d(queries), k, exclude, min_score)
 
     def rows(self, vec_ids: list[int]) -> list[dict[str, Any]]:
         """Metadata rows in the order of vec_ids."""
@@ -342,18 +247,10 @@ class IndexReader:
         return frozenset(r[0] for r in found)
 
     def text_vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored text vectors of `ids`, read back from the shards (decoded codes for a
-        compressed index)."""
-        shards = sorted(self.shards, key=lambda s: s.first_id)
-        owner = np.searchsorted([s.first_id for s in shards], ids, side="right") - 1
-        vectors = np.zeros((len(ids), max((s.index.d for s in shards), default=0)), dtype=np.float32)
-        for number, shard in enumerate(shards):
-            if not (rows := np.flatnonzero(owner == number)).size:
-                continue
-            try:
-                vectors[rows] = shard.index.reconstruct_n(0, shard.index.ntotal)[ids[rows] - shard.first_id]
-            except RuntimeError as e:
-                raise RetrievalError(f"{self.path}: cannot read vectors back ({e})") from None
+        """The stored text vectors of `ids` (decoded codes for a compressed index)."""
+        vectors = fx.reconstruct(self.shards, ids)
+        if vectors is None:
+            raise RetrievalError(f"{self.path}: its index type ({self.manifest.text.factory}) cannot give vectors back")
         return vectors
 
     def stats(self) -> dict[str, Any]:

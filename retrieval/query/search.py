@@ -11,9 +11,10 @@ import numpy as np
 
 from retrieval.embed.text import Embedder, embedder_for_index
 from retrieval.errors import RetrievalError
+from retrieval.index.filters import Filters
 from retrieval.index.keywords import tokenize
 from retrieval.index.manifest import read_manifest
-from retrieval.index.reader import SPACES, Filters, IndexReader
+from retrieval.index.reader import SPACES, IndexReader
 from retrieval.schema import stored_media
 
 if TYPE_CHECKING:

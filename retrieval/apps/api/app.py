@@ -36,7 +36,7 @@ from retrieval.apps.api.schemas import (
 )
 from retrieval.apps.api.served import Busy, ModelQueue, ServedIndex
 from retrieval.errors import DataError, IndexCorrupt, IndexLocked, IndexNotFound, ModelMissing, RetrievalError
-from retrieval.index.reader import Filters, whole_day
+from retrieval.index.filters import Filters, whole_day
 from retrieval.io.media import decode_image
 
 log = logging.getLogger(__name__)

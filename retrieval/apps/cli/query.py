@@ -59,7 +59,7 @@ def similar(
     as_json: bool,
 ) -> None:
     """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
-    from retrieval.index.reader import Filters, whole_day
+    from retrieval.index.filters import Filters, whole_day
     from retrieval.io.media import load_image
     from retrieval.query.search import Searcher, index_clip
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.index.reader import Filters
+from retrieval.index.filters import Filters
 from retrieval.schema import stored_media
 from retrieval.tasks.generate.llm import Generator, Messages
 from retrieval.tasks.generate.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess

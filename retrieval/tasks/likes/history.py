@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.errors import RetrievalError
-from retrieval.index.reader import Filters, IndexReader
-from retrieval.tasks.likes.predict import Found, GroupStats, PredictConfig, Query, key
+from retrieval.index.filters import Filters
+from retrieval.index.reader import IndexReader
+from retrieval.query.levels import GroupStats, key
+from retrieval.tasks.likes.predict import Found, PredictConfig, Query
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import RetrievalError
+from retrieval.query.levels import ACCOUNT_SHRINK, COMPANY_SHRINK, GroupStats, Prior, key
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class PredictConfig:
     """Weight multiplier for neighbours from the query's own account."""
     blend: float = 0.75
     """Share of the neighbours' mean residual added to the account prior."""
-    account_shrink: float = 0.75
+    account_shrink: float = ACCOUNT_SHRINK
     """Pseudo-count pulling an account's mean towards its company's."""
-    company_shrink: float = 0.5
+    company_shrink: float = COMPANY_SHRINK
     """Pseudo-count pulling a company's mean towards the base level."""
     content_level: float = 1.0
     """How far the base level moves from the global mean towards the neighbours' raw mean."""
@@ -68,6 +69,11 @@ class PredictConfig:
     """Share of the neighbour weight given to image neighbours when the tweet has an image (CLIP
     space); the rest goes to text neighbours. Not tuned: no CLIP weights or images were available
     offline to tune it on (docs/images.md)."""
+
+    @property
+    def shrink(self) -> tuple[float, float]:
+        """The account and company pseudo-counts, as the account level takes them."""
+        return self.account_shrink, self.company_shrink
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, str]) -> PredictConfig:
@@ -104,86 +110,6 @@ class Query:
     username: str | None
     company: str | None = None
     date: dt.datetime | None = None
-
-
-def key(name: str | None) -> str | None:
-    """Accounts and companies match case-insensitively, as the search filters do."""
-    return name.strip().lower() if name and name.strip() else None
-
-
-@dataclass(frozen=True)
-class Prior:
-    """The account's expected log1p(likes) before looking at the text, and where it came from."""
-
-    value: float
-    source: str
-    """account, company or base: the most specific level that had tweets."""
-    account_tweets: int
-    company_tweets: int
-    company: str | None
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """Counts and sums of log1p(likes) per account and company, over what one query may see."""
-
-    accounts: Mapping[str, tuple[int, float]]
-    companies: Mapping[str, tuple[int, float]]
-    account_company: Mapping[str, str]
-    count: int
-    total: float
-    total_sq: float
-
-    @classmethod
-    def from_groups(
-        cls, groups: Sequence[tuple[str | None, str | None, int, float, float]], account_company: Mapping[str, str]
-    ) -> GroupStats:
-        """Fold (account, company, n, sum, sum of squares) groups into per-level sums."""
-        accounts: dict[str, tuple[int, float]] = {}
-        companies: dict[str, tuple[int, float]] = {}
-        for user, company, n, total, _ in groups:
-            for table, name in ((accounts, user), (companies, company)):
-                if name is not None:
-                    old_n, old_total = table.get(name, (0, 0.0))
-                    table[name] = (old_n + int(n), old_total + float(total))
-        count = sum(int(g[2]) for g in groups)
-        return cls(
-            accounts,
-            companies,
-            account_company,
-            count,
-            sum(float(g[3]) for g in groups),
-            sum(float(g[4]) for g in groups),
-        )
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else 0.0
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(max(self.total_sq / self.count - self.mean**2, 0.0)) if self.count else 1.0
-
-    def prior(
-        self,
-        username: str | None,
-        company: str | None,
-        base: float,
-        config: PredictConfig,
-        leave_out: float | None = None,
-    ) -> Prior:
-        """Shrunk account mean over company mean over base; `leave_out` removes one tweet of both."""
-        user = key(username)
-        comp = key(company) or (self.account_company.get(user) if user else None)
-        n_a, s_a = self.accounts.get(user, (0, 0.0)) if user else (0, 0.0)
-        n_c, s_c = self.companies.get(comp, (0, 0.0)) if comp else (0, 0.0)
-        if leave_out is not None:
-            n_a, s_a = (n_a - 1, s_a - leave_out) if n_a else (0, 0.0)
-            n_c, s_c = (n_c - 1, s_c - leave_out) if n_c else (0, 0.0)
-        m_c = (s_c + config.company_shrink * base) / (n_c + config.company_shrink)
-        m_a = (s_a + config.account_shrink * m_c) / (n_a + config.account_shrink)
-        source = "account" if n_a > 0 else "company" if n_c > 0 else "base"
-        return Prior(m_a, source, n_a, n_c, comp)
 
 
 @dataclass(frozen=True)
@@ -310,7 +236,7 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
     if len(found.ids):
         weights = neighbour_weights(found, same, config)
         own = [
-            stats.prior(u, c, stats.mean, config, leave_out=float(y)).value
+            stats.prior(u, c, stats.mean, config.shrink, leave_out=float(y)).value
             for u, c, y in zip(found.usernames, found.companies, found.values)
         ]
         residuals = found.values - np.array(own)
@@ -319,7 +245,7 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
     else:
         weights = residuals = np.zeros(0)
         shift, base = 0.0, stats.mean
-    prior = stats.prior(query.username, query.company, base, config)
+    prior = stats.prior(query.username, query.company, base, config.shrink)
     point = prior.value + config.blend * shift
     if len(found.ids) >= 2:
         low, high = (weighted_quantile(residuals, weights, [tail, 1 - tail]) - shift) * config.interval_scale
