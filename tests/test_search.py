@@ -49,3 +49,13 @@ def test_hit_json_is_plain_data(searcher: Searcher) -> None:
     hit = searcher.similar("coffee", k=1)[0].to_json()
     assert set(hit) >= {"rank", "score", "tweet_id", "date", "username", "company", "likes", "content", "media"}
     assert isinstance(hit["media"], list) and isinstance(hit["date"], str)
+
+
+def test_min_score_returns_only_hits_at_or_above_it(searcher: Searcher) -> None:
+    top = searcher.similar("coffee and donuts", k=50)
+    cut = top[9].score
+    hits = searcher.similar("coffee and donuts", k=1000, min_score=cut)
+    assert hits and all(h.score >= cut for h in hits)
+    assert {h.tweet["vec_id"] for h in top[:9]} <= {h.tweet["vec_id"] for h in hits}
+    with pytest.raises(RetrievalError, match="cosine similarity"):
+        searcher.similar("coffee", mode="keyword", min_score=0.5)

@@ -126,21 +126,26 @@ class Searcher:
         nprobe: int | None = None,
         space: str = "text",
         mode: str = "vector",
+        min_score: float | None = None,
     ) -> list[Hit]:
         """Tweets near a text: by the text model over tweet texts (`text`), or by CLIP's text tower
         over their images (`image`). `mode` keyword uses BM25 over the words instead, hybrid fuses
-        the two rankings; the image space is vector only."""
+        the two rankings; the image space is vector only. `min_score` keeps vector hits at or
+        above that cosine similarity."""
         if not text or not text.strip():
             raise RetrievalError("the query text is empty")
+        if min_score is not None and mode != "vector":
+            raise RetrievalError(f"--min-score is a cosine similarity: use it with mode vector, not {mode}")
         if space == "image" and mode != "vector":
             raise RetrievalError(f"the image space is searched by vectors only, not {mode}")
         if space == "image":
             query = self._clip().encode([text.strip()])
-            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
+            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image", min_score=min_score)[0]
         if space != "text":
             raise RetrievalError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
         if mode == "vector":
-            return self.similar_vectors(self.embedder.encode([text.strip()]), k, filters=filters, nprobe=nprobe)[0]
+            query = self.embedder.encode([text.strip()])
+            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, min_score=min_score)[0]
         if mode not in MODES:
             raise RetrievalError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if not tokenize(text):
@@ -201,10 +206,13 @@ class Searcher:
         nprobe: int | None = None,
         exclude: set[int] | frozenset[int] = frozenset(),
         space: str = "text",
+        min_score: float | None = None,
     ) -> list[list[Hit]]:
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
-        found = self.reader.search(queries, k, filters=filters, nprobe=nprobe, exclude=exclude, space=space)
+        found = self.reader.search(
+            queries, k, filters=filters, nprobe=nprobe, exclude=exclude, space=space, min_score=min_score
+        )
         rows = {r["vec_id"]: r for r in self.reader.rows(sorted({i for hits in found for i, _ in hits}))}
         return [[Hit(rank, score, rows[i]) for rank, (i, score) in enumerate(hits, 1)] for hits in found]
 

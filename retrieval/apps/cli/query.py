@@ -36,6 +36,8 @@ from retrieval.apps.cli.options import (
 @image_option("Query by an image (file or URL) over the image vectors.")
 @SPACE
 @MODE
+@click.option("--min-score", type=float, default=None, help="Only hits at or above this cosine similarity (up to -k).")
+@click.option("--explain", is_flag=True, help="Say which search path ran (exact, exact over the rows, IVF) and why.")
 @CLIP
 @CHECK
 @JSON
@@ -53,6 +55,8 @@ def similar(
     image_path: str | None,
     space: str,
     mode: str,
+    min_score: float | None,
+    explain: bool,
     clip_checkpoint: Path | None,
     clip_model: str | None,
     check: bool,
@@ -65,6 +69,8 @@ def similar(
 
     if sum(x is not None for x in (text, tweet_id, image_path)) != 1:
         raise click.UsageError("give one of TEXT, --id or --image")
+    if min_score is not None and text is None:
+        raise click.UsageError("--min-score goes with a TEXT query")
     filters = Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
     with user_errors():
         needs_clip = image_path is not None or space == "image"
@@ -75,8 +81,16 @@ def similar(
         elif tweet_id is not None:
             hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
         else:
-            hits = searcher.similar(text or "", k, filters=filters, nprobe=nprobe, space=space, mode=mode)
-    if as_json:
+            hits = searcher.similar(
+                text or "", k, filters=filters, nprobe=nprobe, space=space, mode=mode, min_score=min_score
+            )
+        searched = "image" if image_path is not None else space
+        plan = searcher.reader.plan(filters, nprobe=nprobe, space=searched) if explain else None
+    if plan is not None and not as_json:
+        click.echo(f"search: {plan.path} ({plan.reason})")
+    if as_json and plan is not None:
+        render.dump({"explain": plan.to_json(), "hits": [h.to_json() for h in hits]})
+    elif as_json:
         render.dump([h.to_json() for h in hits])
     else:
         render.hits(hits)
