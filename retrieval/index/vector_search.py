@@ -135,9 +135,12 @@ def _top(vset: VectorSet, plan: SearchPlan, queries: np.ndarray, k: int, wanted:
 def _above(
     vset: VectorSet, plan: SearchPlan, query: np.ndarray, min_score: float, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Hits at or above min_score: a range search, or (exact rows, index types without one) a
-    top-k doubled until its last hit falls below the score."""
-    if plan.path != "exact_rows":
+    """Hits at or above min_score: a range search; over exact rows, one top-k over all of them
+    (their vectors are read back once); for index types without range search, a top-k doubled
+    until its last hit falls below the score."""
+    if plan.path == "exact_rows":
+        k = max(k, plan.admitted)
+    else:
         found = fx.range_search(vset.shards, query, min_score, nprobe=plan.nprobe, allowed=plan.allowed)
         if found is not None:
             return found
