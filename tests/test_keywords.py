@@ -119,6 +119,7 @@ def test_eval_retrieval_scores_each_mode_on_judgments(index: Path, tweets: list[
     assert report["queries"] == 20
     assert report["vector"]["mrr_at_10"] == 1.0, "the fake embedder finds an exact text first"
     assert report["keyword"]["recall_at_10"] >= 0.9 and 0 < report["hybrid"]["ndcg_at_10"] <= 1.0
+    assert set(report["by_collapse"]) == {"0.95", "off"} and report["vector"] == report["by_collapse"]["0.95"]["vector"]
     (tmp_path / "bad.jsonl").write_text('{"query": "x", "relevant": [1]}\n{"query": 3}\n')
     with pytest.raises(RetrievalError, match=r"bad.jsonl: line 2: needs a query text"):
         load_queries(tmp_path / "bad.jsonl")

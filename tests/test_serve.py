@@ -377,3 +377,22 @@ def test_an_empty_token_file_refuses_to_start(index_path: Path, tmp_path: Path) 
     assert result.exit_code == 1 and "empty" in result.output
     missing = CliRunner().invoke(cli, ["serve", "--index", str(index_path), "--token-file", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_ranking_threshold_and_explain_over_http(client: TestClient, tweets: list[dict]) -> None:
+    text = _tweet_with_text(tweets)["content"]
+    body = {"index": "brand", "text": text, "k": 8}
+    ranked = client.post("/v1/similar", json=body | {"rank": "engagement"}).json()
+    relative = [h["factors"]["relative_likes"] for h in ranked["hits"]]
+    assert len(relative) == 8 and relative == sorted(relative, reverse=True)
+    floor = client.post("/v1/similar", json=body | {"collapse": None}).json()["hits"][3]["score"]
+    above = client.post("/v1/similar", json=body | {"k": 100, "min_score": floor}).json()
+    assert above["hits"] and all(h["score"] >= floor for h in above["hits"])
+    explained = client.post("/v1/similar", json=body | {"explain": True}).json()["explain"]
+    assert explained["path"] == "exact" and explained["admitted"] == explained["total"]
+    wrong = client.post("/v1/similar", json=body | {"half_life_days": 30})
+    assert wrong.status_code == 400 and "blend" in wrong.json()["error"]
+    assert client.post("/v1/similar", json=body | {"collapse": 1.5}).status_code == 422
+    assert (
+        client.post("/v1/similar", json={"index": "brand", "id": tweets[7]["id"], "min_score": 0.5}).status_code == 400
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 from retrieval.errors import DataError
 from retrieval.index.filters import Filters
+from retrieval.query.ranking import DEFAULT_COLLAPSE, Ranking
 from retrieval.query.search import MODES, Searcher
 
 K = 10
@@ -35,31 +36,43 @@ def load_queries(path: str | Path) -> list[dict[str, Any]]:
     return queries
 
 
-def _metrics(found: Sequence[int | None], relevant: set[int]) -> tuple[float, float, float]:
-    hits = [i in relevant for i in found[:K]]
+def _metrics(found: Sequence[set[int]], relevant: set[int]) -> tuple[float, float, float]:
+    """MRR, recall and nDCG at 10 of a page whose hits each stand for a set of ids (a hit and the
+    near-copies folded into it): a hit is relevant when its set meets `relevant`, recall counts
+    every relevant id on the page, and a folded group counts once in nDCG."""
+    hits = [bool(ids & relevant) for ids in found[:K]]
     mrr = next((1 / rank for rank, hit in enumerate(hits, 1) if hit), 0.0)
-    recall = sum(hits) / len(relevant) if relevant else 0.0
+    recall = len(set().union(*found[:K]) & relevant) / len(relevant) if relevant else 0.0
     dcg = sum(1 / math.log2(rank + 1) for rank, hit in enumerate(hits, 1) if hit)
     ideal = sum(1 / math.log2(rank + 1) for rank in range(1, min(len(relevant), K) + 1))
     return mrr, recall, dcg / ideal if ideal else 0.0
 
 
 def eval_retrieval(
-    searcher: Searcher, queries: Sequence[dict[str, Any]], modes: Sequence[str] = MODES
+    searcher: Searcher,
+    queries: Sequence[dict[str, Any]],
+    modes: Sequence[str] = MODES,
+    collapses: Sequence[float | None] = (DEFAULT_COLLAPSE, None),
 ) -> dict[str, Any]:
-    """Mean MRR@10, recall@10 and nDCG@10 per mode over the queries (their ids are the input file's `id`)."""
-    report: dict[str, Any] = {"queries": len(queries)}
-    for mode in modes:
-        sums = [0.0, 0.0, 0.0]
-        for q in queries:
-            filters = Filters(**{k: q[k] for k in ("username", "company", "min_likes") if q.get(k) is not None})
-            hits = searcher.similar(q["query"], K, filters=filters, mode=mode)
-            for i, value in enumerate(_metrics([h.tweet["tweet_id"] for h in hits], set(q["relevant"]))):
-                sums[i] += value
-        n = len(queries)
-        report[mode] = {
-            "mrr_at_10": round(sums[0] / n, 4),
-            "recall_at_10": round(sums[1] / n, 4),
-            "ndcg_at_10": round(sums[2] / n, 4),
-        }
-    return report
+    """Mean MRR@10, recall@10 and nDCG@10 per mode and collapse setting over the queries (their
+    ids are the input file's `id`). The top-level mode keys hold the first setting (what
+    `similar` does by default); `by_collapse` holds every setting."""
+    report: dict[str, Any] = {"queries": len(queries), "collapse": collapses[0], "by_collapse": {}}
+    for collapse in collapses:
+        ranking = Ranking(collapse=collapse)
+        setting = report["by_collapse"].setdefault("off" if collapse is None else str(collapse), {})
+        for mode in modes:
+            sums = [0.0, 0.0, 0.0]
+            for q in queries:
+                filters = Filters(**{k: q[k] for k in ("username", "company", "min_likes") if q.get(k) is not None})
+                hits = searcher.similar(q["query"], K, filters=filters, mode=mode, ranking=ranking)
+                pages = [{h.tweet["tweet_id"], *h.near_copies} for h in hits]
+                for i, value in enumerate(_metrics(pages, set(q["relevant"]))):
+                    sums[i] += value
+            n = len(queries)
+            setting[mode] = {
+                "mrr_at_10": round(sums[0] / n, 4),
+                "recall_at_10": round(sums[1] / n, 4),
+                "ndcg_at_10": round(sums[2] / n, 4),
+            }
+    return report | report["by_collapse"]["off" if collapses[0] is None else str(collapses[0])]

@@ -218,24 +218,36 @@ def range_search(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Every (score, global id) of one query at or above min_score in the lists probed, best
     first; None when an index type has no range search (the caller then widens a top-k)."""
-    query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-    all_scores, all_ids = [np.zeros(0, "float32")], [np.zeros(0, "int64")]
+    found = range_pairs(shards, query.reshape(1, -1), min_score, nprobe=nprobe, allowed=allowed)
+    if found is None:
+        return None
+    _, ids, scores = found
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], ids[order]
+
+
+def range_pairs(
+    shards: list[Shard], queries: np.ndarray, min_score: float, *, nprobe: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(query row, global id, score) of every stored vector at or above min_score of each query,
+    in the lists probed; None when an index type has no range search."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    rows, ids, scores = [np.zeros(0, "int64")], [np.zeros(0, "int64")], [np.zeros(0, "float32")]
     for shard in shards:
         keep: list = []
         sel = _selector(shard, allowed, keep)
         if sel is False:
             continue
         try:
-            _, scores, ids = shard.index.range_search(
-                query, min_score, params=_search_params(shard.index, nprobe, sel, keep)
+            lims, found_scores, found_ids = shard.index.range_search(
+                queries, min_score, params=_search_params(shard.index, nprobe, sel, keep)
             )
         except RuntimeError:
             return None
-        all_scores.append(scores)
-        all_ids.append(ids + shard.first_id)
-    scores, ids = np.concatenate(all_scores), np.concatenate(all_ids)
-    order = np.argsort(-scores, kind="stable")
-    return scores[order], ids[order]
+        rows.append(np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims).astype(np.int64)))
+        ids.append(found_ids + shard.first_id)
+        scores.append(found_scores)
+    return np.concatenate(rows), np.concatenate(ids), np.concatenate(scores)
 
 
 def can_reconstruct(index: faiss.Index) -> bool:

@@ -28,6 +28,9 @@ OPEN_ATTEMPTS = 3
 """Opens tried while writers keep publishing, before a mismatch is reported as damage."""
 
 
+NEAR_PAIRS_K = 64
+"""Neighbours looked at per vector for near-copies where an index type has no range search."""
+
 SPACES = ("text", "image")
 """The vector sets an index can hold: text (MPNet or MiniLM) and image (CLIP)."""
 
@@ -245,6 +248,41 @@ class IndexReader:
         """The rows whose text is exactly `content`."""
         found = self.con.execute("SELECT vec_id FROM tweets WHERE content = ?", [content]).fetchall()
         return frozenset(r[0] for r in found)
+
+    @property
+    def text_vectors_readable(self) -> bool:
+        """Whether `text_vectors` can read this index's vectors back (not fast-scan or OPQ codes)."""
+        return all(fx.can_reconstruct(s.index) for s in self.shards)
+
+    def last_date(self) -> dt.datetime | None:
+        """The newest tweet's date: the "now" of an archive, which recency is measured from."""
+        return self.con.execute("SELECT max(date) FROM tweets").fetchone()[0]
+
+    def verbatim_copies(self) -> list[list[int]]:
+        """The vec_ids of each text that is indexed more than once, word for word."""
+        found = self.con.execute(
+            "SELECT list(vec_id ORDER BY vec_id) FROM tweets WHERE has_vector AND content IS NOT NULL"
+            " GROUP BY content HAVING count(*) > 1 ORDER BY min(vec_id)"
+        ).fetchall()
+        return [ids for (ids,) in found]
+
+    def near_pairs(
+        self, ids: np.ndarray, min_score: float, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(id, other id, cosine) of the stored text vectors at or above min_score of the vectors of
+        `ids`, each pair once (other id > id): a FAISS range search over nprobe lists, or a top-64
+        where the index type has none."""
+        shards, nprobe = self.shards, nprobe or self.nprobe
+        queries = self.text_vectors(ids)
+        found = fx.range_pairs(shards, queries, min_score, nprobe=nprobe)
+        if found is None:
+            scores, others = fx.search(shards, queries, NEAR_PAIRS_K, nprobe=nprobe)
+            rows = np.repeat(np.arange(len(ids)), NEAR_PAIRS_K)
+            found = (rows, others.ravel(), scores.ravel())
+        rows, others, scores = found
+        mine = np.asarray(ids, dtype=np.int64)[rows]
+        keep = (others > mine) & (scores >= min_score)
+        return mine[keep], others[keep], scores[keep]
 
     def text_vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored text vectors of `ids` (decoded codes for a compressed index)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from retrieval.index.filters import Filters
 from retrieval.index.keywords import tokenize
 from retrieval.index.manifest import read_manifest
 from retrieval.index.reader import SPACES, IndexReader
+from retrieval.query.levels import GroupStats
+from retrieval.query.ranking import Candidate, Levels, Ranked, Ranking, rank
 from retrieval.schema import stored_media
 
 if TYPE_CHECKING:
@@ -40,6 +43,16 @@ class Hit:
     tweet: dict[str, Any]
     found_by: Mapping[str, int] = field(default_factory=dict)
     """Keyword and hybrid search: which side found the tweet and its rank there ({"vector": 3, "keyword": 1})."""
+    near_copies: tuple[int, ...] = ()
+    """Ids of the hits folded into this one (within the collapse threshold of it or of each other)."""
+    factors: Mapping[str, float] = field(default_factory=dict)
+    """What placed it under rank engagement or blend: relative_likes, typical_likes, engagement, decay, blended."""
+
+    @classmethod
+    def of(cls, position: int, ranked: Ranked) -> Hit:
+        c = ranked.candidate
+        copies = tuple(_shown_id(n.tweet) for n in ranked.near_copies)
+        return cls(position, c.score, c.tweet, c.found_by, copies, ranked.factors)
 
     def to_json(self) -> dict[str, Any]:
         tweet = {k: v for k, v in self.tweet.items() if k not in ("has_vector", "row", "source")}
@@ -47,7 +60,14 @@ class Hit:
             tweet["date"] = tweet["date"].isoformat()
         tweet["media"] = stored_media(tweet["media"])
         found = {"found_by": dict(self.found_by)} if self.found_by else {}
-        return {"rank": self.rank, "score": round(self.score, 4), **tweet, **found}
+        copies = {"near_copies": list(self.near_copies)} if self.near_copies else {}
+        factors = {"factors": {k: round(v, 4) for k, v in self.factors.items()}} if self.factors else {}
+        return {"rank": self.rank, "score": round(self.score, 4), **tweet, **found, **copies, **factors}
+
+
+def _shown_id(tweet: Mapping[str, Any]) -> int:
+    """The id a user knows a tweet by: its source file's id, or its row for a file without ids."""
+    return tweet["tweet_id"] if tweet.get("tweet_id") is not None else tweet["vec_id"]
 
 
 def open_index(
@@ -90,6 +110,7 @@ class Searcher:
         self.reader = reader
         self._embedder = embedder
         self.clip = clip
+        self._levels: Levels | None = None
 
     @classmethod
     def open(
@@ -127,11 +148,12 @@ class Searcher:
         space: str = "text",
         mode: str = "vector",
         min_score: float | None = None,
+        ranking: Ranking | None = None,
     ) -> list[Hit]:
         """Tweets near a text: by the text model over tweet texts (`text`), or by CLIP's text tower
         over their images (`image`). `mode` keyword uses BM25 over the words instead, hybrid fuses
         the two rankings; the image space is vector only. `min_score` keeps vector hits at or
-        above that cosine similarity."""
+        above that cosine similarity; `ranking` folds near-copies and orders the page."""
         if not text or not text.strip():
             raise RetrievalError("the query text is empty")
         if min_score is not None and mode != "vector":
@@ -140,38 +162,29 @@ class Searcher:
             raise RetrievalError(f"the image space is searched by vectors only, not {mode}")
         if space == "image":
             query = self._clip().encode([text.strip()])
-            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image", min_score=min_score)[0]
+            return self.similar_vectors(
+                query, k, filters=filters, nprobe=nprobe, space="image", min_score=min_score, ranking=ranking
+            )[0]
         if space != "text":
             raise RetrievalError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
         if mode == "vector":
             query = self.embedder.encode([text.strip()])
-            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, min_score=min_score)[0]
+            return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, min_score=min_score, ranking=ranking)[
+                0
+            ]
         if mode not in MODES:
             raise RetrievalError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if not tokenize(text):
             raise RetrievalError(f"{text.strip()!r}: no words to search for by keyword")
-        depth = k if mode == "keyword" else max(k, FUSION_DEPTH)
+        ranking = ranking or Ranking()
+        wanted = ranking.depth(k)
+        depth = wanted if mode == "keyword" else max(wanted, FUSION_DEPTH)
         sides = {"keyword": self.reader.keyword_search(text, depth, filters=filters)}
         if mode == "hybrid":
             query = self.embedder.encode([text.strip()])
             sides["vector"] = self.reader.search(query, depth, filters=filters, nprobe=nprobe)[0]
-        return self._fused(sides, k)
-
-    def _fused(self, sides: Mapping[str, list[tuple[int, float]]], k: int) -> list[Hit]:
-        """Reciprocal-rank fusion: each side adds 1 / (RRF_K + rank) for every tweet it found, so a
-        tweet both sides rank high comes first; with one side this is that side's order and scores."""
-        ranks: dict[int, dict[str, int]] = {}
-        for side, found in sides.items():
-            for rank, (vec_id, _) in enumerate(found, 1):
-                ranks.setdefault(vec_id, {})[side] = rank
-        if len(sides) == 1:
-            ((side, found),) = sides.items()
-            scored = [(vec_id, score) for vec_id, score in found[:k]]
-        else:
-            fused = {vec_id: sum(1 / (RRF_K + r) for r in by.values()) for vec_id, by in ranks.items()}
-            scored = sorted(fused.items(), key=lambda item: -item[1])[:k]
-        rows = {r["vec_id"]: r for r in self.reader.rows(sorted(i for i, _ in scored))}
-        return [Hit(rank, score, rows[i], ranks[i]) for rank, (i, score) in enumerate(scored, 1) if i in rows]
+        ranks, scored = _fused(sides, wanted)
+        return self._pages([scored], k, ranking, [ranks])[0]
 
     def image_vector(self, image: PIL.Image.Image) -> np.ndarray:
         """The CLIP vector of one image, checked against an index that has image vectors."""
@@ -179,14 +192,26 @@ class Searcher:
         return self._clip().encode_images([image])[0]
 
     def similar_image(
-        self, image: PIL.Image.Image, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
+        self,
+        image: PIL.Image.Image,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        nprobe: int | None = None,
+        ranking: Ranking | None = None,
     ) -> list[Hit]:
         """Tweets whose images look like this one (CLIP image vectors)."""
         query = self.image_vector(image)[None]
-        return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image")[0]
+        return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, space="image", ranking=ranking)[0]
 
     def similar_to_tweet(
-        self, tweet_id: int, k: int = 10, *, filters: Filters | None = None, nprobe: int | None = None
+        self,
+        tweet_id: int,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        nprobe: int | None = None,
+        ranking: Ranking | None = None,
     ) -> list[Hit]:
         """Neighbours of an indexed tweet, the tweet itself left out."""
         tweet = self.reader.find_tweet(tweet_id)
@@ -195,7 +220,8 @@ class Searcher:
         if not tweet["content"]:
             raise RetrievalError(f"{self.reader.path}: tweet {tweet_id} has no text to search with")
         query = self.embedder.encode([tweet["content"]])
-        return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, exclude={tweet["vec_id"]})[0]
+        exclude = {tweet["vec_id"]}
+        return self.similar_vectors(query, k, filters=filters, nprobe=nprobe, exclude=exclude, ranking=ranking)[0]
 
     def similar_vectors(
         self,
@@ -207,14 +233,73 @@ class Searcher:
         exclude: set[int] | frozenset[int] = frozenset(),
         space: str = "text",
         min_score: float | None = None,
+        ranking: Ranking | None = None,
     ) -> list[list[Hit]]:
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
+        ranking = ranking or Ranking()
         found = self.reader.search(
-            queries, k, filters=filters, nprobe=nprobe, exclude=exclude, space=space, min_score=min_score
+            queries, ranking.depth(k), filters=filters, nprobe=nprobe, exclude=exclude, space=space, min_score=min_score
         )
+        return self._pages(found, k, ranking)
+
+    def _pages(
+        self,
+        found: list[list[tuple[int, float]]],
+        k: int,
+        ranking: Ranking,
+        found_by: list[dict[int, dict[str, int]]] | None = None,
+    ) -> list[list[Hit]]:
+        """Per query, the page of k hits: candidates with their rows, folded and ordered by `ranking`."""
         rows = {r["vec_id"]: r for r in self.reader.rows(sorted({i for hits in found for i, _ in hits}))}
-        return [[Hit(rank, score, rows[i]) for rank, (i, score) in enumerate(hits, 1)] for hits in found]
+        pages = []
+        for q, hits in enumerate(found):
+            sides = found_by[q] if found_by else {}
+            candidates = [Candidate(i, score, rows[i], sides.get(i, {})) for i, score in hits if i in rows]
+            ranked = rank(candidates, k, ranking, vectors=self._text_vectors, levels=self.levels, newest=self._newest)
+            pages.append([Hit.of(position, r) for position, r in enumerate(ranked, 1)])
+        return pages
+
+    def levels(self) -> Levels:
+        """Each account's usual likes over the whole index, read once per opened index."""
+        if self._levels is None:
+            stats = GroupStats.from_groups(self.reader.likes_by_group(), self.reader.account_companies())
+            self._levels = Levels(stats)
+        return self._levels
+
+    def _newest(self) -> dt.datetime | None:
+        return self.reader.last_date()
+
+    def _text_vectors(self, candidates: list[Candidate]) -> np.ndarray:
+        """The text vectors of candidates (zeros for those without text): read back from the index,
+        or embedded again where its type cannot give them back."""
+        with_text = [c for c in candidates if c.tweet["has_vector"]]
+        vectors = np.zeros((len(candidates), self.reader.sets["text"].dim), dtype=np.float32)
+        if not with_text:
+            return vectors
+        if self.reader.text_vectors_readable:
+            found = self.reader.text_vectors(np.array([c.vec_id for c in with_text], dtype=np.int64))
+        else:
+            found = self.embedder.encode([c.tweet["content"] for c in with_text])
+        vectors[[i for i, c in enumerate(candidates) if c.tweet["has_vector"]]] = found
+        return vectors
 
     def close(self) -> None:
         self.reader.close()
+
+
+def _fused(
+    sides: Mapping[str, list[tuple[int, float]]], k: int
+) -> tuple[dict[int, dict[str, int]], list[tuple[int, float]]]:
+    """Each tweet's rank per side, and the top k by reciprocal-rank fusion: each side adds
+    1 / (RRF_K + rank) for every tweet it found, so a tweet both sides rank high comes first; with
+    one side this is that side's order and scores."""
+    ranks: dict[int, dict[str, int]] = {}
+    for side, found in sides.items():
+        for position, (vec_id, _) in enumerate(found, 1):
+            ranks.setdefault(vec_id, {})[side] = position
+    if len(sides) == 1:
+        ((_, found),) = sides.items()
+        return ranks, list(found[:k])
+    fused = {vec_id: sum(1 / (RRF_K + r) for r in by.values()) for vec_id, by in ranks.items()}
+    return ranks, sorted(fused.items(), key=lambda item: -item[1])[:k]

@@ -38,6 +38,7 @@ from retrieval.apps.api.served import Busy, ModelQueue, ServedIndex
 from retrieval.errors import DataError, IndexCorrupt, IndexLocked, IndexNotFound, ModelMissing, RetrievalError
 from retrieval.index.filters import Filters, whole_day
 from retrieval.io.media import decode_image
+from retrieval.query.ranking import Ranking
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +123,39 @@ def create_app(
         f = body.filters
         filters = Filters(f.username, f.company, _naive(f.since), whole_day(_naive(f.until)), f.min_likes)
         searcher = index.searcher
+        if body.min_score is not None and body.text is None:
+            raise HTTPException(400, "min_score goes with a text query")
+        ranking = Ranking(body.rank, body.collapse, body.half_life_days)
         if body.image is not None:
-            hits = searcher.similar_image(_image(body.image), body.k, filters=filters)
+            hits = searcher.similar_image(_image(body.image), body.k, filters=filters, ranking=ranking)
         elif body.id is not None:
             if searcher.reader.find_tweet(body.id) is None:
                 raise HTTPException(404, f"{body.index}: no tweet with id {body.id}")
-            hits = searcher.similar_to_tweet(body.id, body.k, filters=filters)
+            hits = searcher.similar_to_tweet(body.id, body.k, filters=filters, ranking=ranking)
         else:
-            hits = searcher.similar(body.text or "", body.k, filters=filters, space=body.space, mode=body.mode)
+            hits = searcher.similar(
+                body.text or "",
+                body.k,
+                filters=filters,
+                space=body.space,
+                mode=body.mode,
+                min_score=body.min_score,
+                ranking=ranking,
+            )
         found = [
-            HitOut(rank=h.rank, score=round(h.score, 4), found_by=dict(h.found_by), **Tweet.of(h.tweet).model_dump())
+            HitOut(
+                rank=h.rank,
+                score=round(h.score, 4),
+                found_by=dict(h.found_by),
+                near_copies=list(h.near_copies),
+                factors={k: round(v, 4) for k, v in h.factors.items()},
+                **Tweet.of(h.tweet).model_dump(),
+            )
             for h in hits
         ]
-        return SimilarOut(index=index.name, version=searcher.reader.manifest.version, hits=found)
+        searched = "image" if body.image is not None else body.space
+        plan = searcher.reader.plan(filters, space=searched).to_json() if body.explain else None
+        return SimilarOut(index=index.name, version=searcher.reader.manifest.version, hits=found, explain=plan)
 
     @v1.post("/predict", response_model=PredictOut)
     def predict(body: PredictIn) -> PredictOut:

@@ -35,6 +35,19 @@ class SimilarIn(Strict):
     )
     k: int = Field(10, ge=1, le=100)
     filters: FiltersIn = FiltersIn()
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="Text queries, mode vector: only hits at or above this cosine (up to k)."
+    )
+    collapse: float | None = Field(
+        0.95, gt=0, le=1, description="Fold hits within this cosine of each other into one; null shows every copy."
+    )
+    rank: Literal["relevance", "engagement", "recent", "blend"] = Field(
+        "relevance",
+        description="relevance: similarity; engagement: likes relative to the account's usual; recent: newest "
+        "first; blend: similarity x engagement factor (x half-life decay).",
+    )
+    half_life_days: float | None = Field(None, gt=0, description="rank blend: age at which a tweet counts half.")
+    explain: bool = Field(False, description="Say which search path ran and why.")
 
 
 class Medium(BaseModel):
@@ -65,12 +78,26 @@ class HitOut(Tweet):
     rank: int
     score: float
     found_by: dict[str, int] = Field(default_factory=dict, description="Keyword and hybrid: each side's rank.")
+    near_copies: list[int] = Field(default_factory=list, description="Ids of the near-copies folded into this hit.")
+    factors: dict[str, float] = Field(
+        default_factory=dict, description="rank engagement/blend: relative_likes, typical_likes, engagement, decay."
+    )
+
+
+class PlanOut(BaseModel):
+    space: str
+    path: Literal["exact", "exact_rows", "ivf"]
+    admitted: int
+    total: int
+    nprobe: int
+    reason: str
 
 
 class SimilarOut(BaseModel):
     index: str
     version: int = Field(description="The index version that answered (it goes up with every `index add`).")
     hits: list[HitOut]
+    explain: PlanOut | None = None
 
 
 class PredictIn(Strict):

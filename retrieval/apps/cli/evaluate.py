@@ -174,19 +174,41 @@ def eval_generate_cmd(
     help='JSON Lines of {"query": "...", "relevant": [ids], "username": ...} (bench/queries/ has one).',
 )
 @click.option("--modes", default="vector,keyword,hybrid", show_default=True, help="Comma-separated search modes.")
+@click.option(
+    "--collapse",
+    "collapses",
+    default="0.95,off",
+    show_default=True,
+    help="Comma-separated collapse thresholds to compare (off: every near-copy a hit); the first is the headline.",
+)
 @JSON
-def eval_retrieval_cmd(index_path: Path, queries_path: Path, modes: str, as_json: bool) -> None:
-    """MRR@10, recall@10 and nDCG@10 of each search mode on your own judgments."""
+def eval_retrieval_cmd(index_path: Path, queries_path: Path, modes: str, collapses: str, as_json: bool) -> None:
+    """MRR@10, recall@10 and nDCG@10 of each search mode and collapse setting on your own judgments."""
     from retrieval.evaluation.retrieval import eval_retrieval, load_queries
     from retrieval.query.search import MODES, Searcher
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     if unknown := set(chosen) - set(MODES):
         raise click.BadParameter(f"unknown {sorted(unknown)}; use {', '.join(MODES)}", param_hint="--modes")
+    settings = [_threshold(c) for c in collapses.split(",") if c.strip()]
     with user_errors():
-        result = eval_retrieval(Searcher.open(index_path), load_queries(queries_path), chosen)
+        result = eval_retrieval(Searcher.open(index_path), load_queries(queries_path), chosen, settings)
     if as_json:
         render.dump(result)
         return
     click.echo(f"{result['queries']} queries of {queries_path} on {index_path}")
-    render.metrics_table({m: result[m] for m in chosen}, ("mrr_at_10", "recall_at_10", "ndcg_at_10"), 14, ".4f")
+    rows = {f"{m} {name}": by[m] for name, by in result["by_collapse"].items() for m in chosen}
+    render.metrics_table(rows, ("mrr_at_10", "recall_at_10", "ndcg_at_10"), 14, ".4f")
+
+
+def _threshold(text: str) -> float | None:
+    """A --collapse value: off, or a cosine in (0, 1]."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise click.BadParameter(f"{text.strip()!r} is neither off nor a cosine in (0, 1]", param_hint="--collapse")
+    return value

@@ -11,6 +11,7 @@ import click
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model-loading bars; ours stay
 
+from retrieval.apps.cli.dedup import dedup  # noqa: E402
 from retrieval.apps.cli.evaluate import evaluate  # noqa: E402
 from retrieval.apps.cli.generate import generate  # noqa: E402
 from retrieval.apps.cli.index import index  # noqa: E402
@@ -40,5 +41,5 @@ def cli(verbose: int, quiet: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-for command in (index, models, cache, similar, predict, generate, evaluate, serve):
+for command in (index, models, cache, similar, dedup, predict, generate, evaluate, serve):
     cli.add_command(command)

@@ -3,6 +3,7 @@ library error becomes one line on stderr."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,48 @@ NPROBE = click.option(
 def image_option(help: str) -> Decorator:
     """--image FILE|URL, with what the command does with it."""
     return click.option("--image", "image_path", default=None, help=help)
+
+
+RANKING = combine(
+    click.option(
+        "--collapse",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=0.95,
+        show_default=True,
+        help="Fold hits within this cosine of each other into one (the best performer, with its near-copies).",
+    ),
+    click.option("--no-collapse", is_flag=True, help="Show every near-copy as a hit of its own."),
+    click.option(
+        "--rank",
+        "order",
+        type=click.Choice(["relevance", "engagement", "recent", "blend"]),
+        default="relevance",
+        show_default=True,
+        help="relevance: by similarity; engagement: likes relative to the account's usual; recent: newest "
+        "first; blend: similarity x engagement factor (x half-life decay).",
+    ),
+    click.option(
+        "--half-life", default=None, help="With --rank blend: age at which a tweet counts half (180d, 6w, 1y)."
+    ),
+)
+
+
+def parse_ranking(collapse: float, no_collapse: bool, order: str, half_life: str | None) -> Any:
+    """The RANKING options as the query layer's Ranking."""
+    from retrieval.query.ranking import Ranking
+
+    if half_life is not None and order != "blend":
+        raise click.UsageError("--half-life goes with --rank blend")
+    return Ranking(order, None if no_collapse else collapse, parse_days(half_life) if half_life else None)
+
+
+def parse_days(text: str) -> float:
+    """An age such as 180d, 6w, 3m or 1y (a bare number is days) in days."""
+    units = {"d": 1, "w": 7, "m": 30.4375, "y": 365.25}
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dwmy]?)\s*", text.lower())
+    if found is None or float(found[1]) <= 0:
+        raise click.BadParameter(f"{text!r} is not an age such as 180d, 6w or 1y", param_hint="--half-life")
+    return float(found[1]) * units[found[2] or "d"]
 
 
 INPUT_FILE = combine(

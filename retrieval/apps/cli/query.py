@@ -19,9 +19,11 @@ from retrieval.apps.cli.options import (
     MODE,
     NPROBE,
     PARAMS,
+    RANKING,
     SPACE,
     image_option,
     parse_params,
+    parse_ranking,
     user_errors,
 )
 
@@ -37,6 +39,7 @@ from retrieval.apps.cli.options import (
 @SPACE
 @MODE
 @click.option("--min-score", type=float, default=None, help="Only hits at or above this cosine similarity (up to -k).")
+@RANKING
 @click.option("--explain", is_flag=True, help="Say which search path ran (exact, exact over the rows, IVF) and why.")
 @CLIP
 @CHECK
@@ -56,13 +59,20 @@ def similar(
     space: str,
     mode: str,
     min_score: float | None,
+    collapse: float,
+    no_collapse: bool,
+    order: str,
+    half_life: str | None,
     explain: bool,
     clip_checkpoint: Path | None,
     clip_model: str | None,
     check: bool,
     as_json: bool,
 ) -> None:
-    """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image)."""
+    """Similar past tweets: nearest neighbours of TEXT, of a stored tweet (--id) or of an image (--image).
+
+    Near-copies fold into one hit (--collapse); --rank puts the ones that did well for their
+    account, or the recent ones, first."""
     from retrieval.index.filters import Filters, whole_day
     from retrieval.io.media import load_image
     from retrieval.query.search import Searcher, index_clip
@@ -73,16 +83,24 @@ def similar(
         raise click.UsageError("--min-score goes with a TEXT query")
     filters = Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
     with user_errors():
+        ranking = parse_ranking(collapse, no_collapse, order, half_life)
         needs_clip = image_path is not None or space == "image"
         clip = index_clip(index_path, clip_checkpoint, clip_model) if needs_clip else None
         searcher = Searcher.open(index_path, clip=clip, check=check)
         if image_path is not None:
-            hits = searcher.similar_image(load_image(image_path), k, filters=filters, nprobe=nprobe)
+            hits = searcher.similar_image(load_image(image_path), k, filters=filters, nprobe=nprobe, ranking=ranking)
         elif tweet_id is not None:
-            hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe)
+            hits = searcher.similar_to_tweet(tweet_id, k, filters=filters, nprobe=nprobe, ranking=ranking)
         else:
             hits = searcher.similar(
-                text or "", k, filters=filters, nprobe=nprobe, space=space, mode=mode, min_score=min_score
+                text or "",
+                k,
+                filters=filters,
+                nprobe=nprobe,
+                space=space,
+                mode=mode,
+                min_score=min_score,
+                ranking=ranking,
             )
         searched = "image" if image_path is not None else space
         plan = searcher.reader.plan(filters, nprobe=nprobe, space=searched) if explain else None

@@ -39,20 +39,58 @@ def day(when: Any) -> str:
 
 
 def hits(found: Sequence[Any]) -> None:
-    """`similar`: one line per hit, best first."""
+    """`similar`: one line per hit, best first, with the factors that placed it and the ids of
+    the near-copies folded into it on a line below."""
     if not found:
         click.echo("no tweets match")
         return
     sides = any(h.found_by for h in found)
+    placed = any(h.factors for h in found)
     column = f"{'found by':11} " if sides else ""
+    column += f"{'factors':20} " if placed else ""
     click.echo(f"{'#':>3} {'score':>6} {column}{'date':10} {'account':18} {'likes':>7}  text")
     for h in found:
         t = h.tweet
         likes = "-" if t["likes"] is None else str(t["likes"])
         by = " ".join(f"{side[0]}{rank}" for side, rank in sorted(h.found_by.items(), reverse=True))
         head = f"{h.rank:>3} {h.score:6.3f} " + (f"{by:11} " if sides else "")
+        head += f"{factors(h.factors):20} " if placed else ""
         head += f"{day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
         click.echo(head + cut(shown_text(t), width() - len(head)))
+        if h.near_copies:
+            copies = f"{len(h.near_copies)} near-cop{'y' if len(h.near_copies) == 1 else 'ies'}: "
+            click.echo(" " * 11 + cut("+ " + copies + ", ".join(map(str, h.near_copies)), width() - 11))
+
+
+def factors(found: Mapping[str, float]) -> str:
+    """x relative likes (of the account's usual), then blend's engagement and decay factors."""
+    parts = []
+    if "relative_likes" in found:
+        parts.append(f"x{found['relative_likes']:.2g}/{found['typical_likes']:,.0f}")
+    if "engagement" in found:
+        parts.append(f"e{found['engagement']:.2f}")
+    if "age_days" in found:
+        parts.append(f"d{found['decay']:.2f}")
+    return " ".join(parts) or "-"
+
+
+def duplicates(found: Any, show: int) -> None:
+    """`dedup`: the counts, then the largest groups with their best performer's text."""
+    share = found.removable / found.vectors if found.vectors else 0.0
+    click.echo(f"{found.vectors} tweets with text, near-copies at cosine >= {found.threshold}")
+    click.echo(
+        f"{found.groups} groups hold {found.in_groups} tweets; one per group would drop {found.removable} ({share:.1%})"
+    )
+    click.echo(
+        f"verbatim duplicates: {found.verbatim_texts} texts occur more than once, "
+        f"{found.verbatim_in_one_group} of them with every copy in one group"
+    )
+    if largest := found.largest(show):
+        click.echo(f"{'group':>5} {'size':>5} {'best id':>10} {'account':18}  text")
+        for g in largest:
+            best = g["id"] if g["id"] is not None else g["vec_id"]
+            head = f"{g['group']:>5} {g['size']:>5} {best:>10} {cut(g['username'] or '-', 18):18}  "
+            click.echo(head + cut(g["content"], width() - len(head)))
 
 
 def prediction(found: Any, username: str, show: int) -> None:

@@ -52,6 +52,14 @@ function card(hit) {
   meta.append(el("span", "", "score " + hit.score.toFixed(3)));
   const sides = Object.entries(hit.found_by || {}).map(([side, rank]) => `${side} #${rank}`);
   if (sides.length) meta.append(el("span", "muted", "found by " + sides.join(", ")));
+  const f = hit.factors || {};
+  if (f.relative_likes !== undefined) {
+    meta.append(el("span", "muted", `${f.relative_likes.toFixed(1)}x its account's usual ${Math.round(f.typical_likes).toLocaleString()}`));
+  }
+  if (f.decay !== undefined && f.age_days !== undefined) meta.append(el("span", "muted", `age weight ${f.decay.toFixed(2)}`));
+  if ((hit.near_copies || []).length) {
+    meta.append(el("span", "muted", `+${hit.near_copies.length} near-cop${hit.near_copies.length === 1 ? "y" : "ies"}: #${hit.near_copies.join(", #")}`));
+  }
   li.append(meta, tweetText(hit.content));
   const links = el("div", "meta");
   hit.media.forEach((m, i) => {
@@ -84,7 +92,13 @@ async function search(query, label) {
   try {
     const k = Number($("f-k").value) || 10;
     const mode = query.text ? $("f-mode").value : "vector";
-    const found = await (await api("/v1/similar", { index: index(), k, mode, filters: filters(), ...query })).json();
+    const number = (id) => ($(id).value === "" ? null : Number($(id).value));
+    const rank = $("f-rank").value;
+    const steer = { rank, collapse: $("f-collapse").checked ? 0.95 : null,
+      half_life_days: rank === "blend" ? number("f-half-life") : null,
+      min_score: query.text && mode === "vector" ? number("f-min-score") : null };
+    const body = { index: index(), k, mode, filters: filters(), ...steer, ...query };
+    const found = await (await api("/v1/similar", body)).json();
     $("results").replaceChildren(...found.hits.map(card));
     status("search-status", found.hits.length ? `${found.hits.length} ${label}` : "No tweets match; try fewer filters.");
   } catch (e) {
