@@ -222,3 +222,15 @@ def test_a_folded_relevant_tweet_counts_for_the_hit_that_holds_it() -> None:
     mrr, recall, ndcg = _metrics([{5}, {1, 2}, {9}], {2, 3})
     assert (mrr, recall) == (0.5, 0.5)
     assert ndcg == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+
+
+def test_a_large_pool_groups_like_a_small_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.query.ranking as ranking
+
+    rng = np.random.default_rng(0)
+    base = _unit(*rng.standard_normal((40, 16)).tolist())
+    vectors = np.vstack([base, _unit(*(base[:20] + 0.05 * rng.standard_normal((20, 16))).tolist())])
+    small = near_copy_groups(vectors, 0.95)
+    monkeypatch.setattr(ranking, "SMALL_POOL", 10)
+    assert (near_copy_groups(vectors, 0.95) == small).all()
+    assert len(set(small.tolist())) < len(vectors)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import faiss
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -18,11 +19,14 @@ from retrieval.query.levels import GroupStats
 
 RANKS = ("relevance", "engagement", "recent", "blend")
 DEFAULT_COLLAPSE = 0.95
-"""Cosine at or above which two hits are near-copies: above the closest reworded pairs of the
-real tweets, below campaign templates with one word changed (docs/search.md)."""
+"""Cosine at or above which two hits are near-copies: on the real tweets, pairs above it are one
+tweet with a word changed, pairs just below are templates carrying different facts
+(docs/benchmarks.md, "Steering search")."""
 CANDIDATES = 50
 """Candidates re-ranked or collapsed per query (at least 4 x k): deep enough that a page of k
 survives folding, shallow enough that every candidate is still on topic."""
+SMALL_POOL = 512
+"""Candidates compared pairwise in numpy; a larger pool goes through FAISS."""
 ENGAGEMENT_WEIGHT = 0.2
 """blend: the engagement factor is 1 + 0.2 tanh(log relative likes), so within [0.8, 1.2]: a
 tweet that did far better than its account's usual gains at most a fifth of its similarity."""
@@ -96,14 +100,23 @@ def near_copy_groups(vectors: np.ndarray, threshold: float) -> np.ndarray:
     """A group label per vector: connected components of the pairs at or above the cosine, so no
     two vectors of different groups are that close (rows of zeros, tweets without text, stay alone).
 
-    einsum, not `@`: a 50 x 50 product is microseconds either way, but OpenBLAS's threads keep
-    spinning after it and slowed the next query's embedding by 15 ms (bench/bench_search.py)."""
+    A page's pool (50 to a few hundred) is compared with einsum, not `@`: either takes microseconds,
+    but OpenBLAS's threads keep spinning after `@` and slowed the next query's embedding by 15 ms
+    (bench/bench_search.py). A larger pool (a -k 1000 --min-score page) goes through a FAISS range
+    search, which never holds the n x n matrix."""
     n = len(vectors)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    sims = np.einsum("id,jd->ij", vectors, vectors)
-    rows, cols = np.nonzero(np.triu(sims >= threshold, 1) & (np.abs(vectors).sum(1) > 0)[:, None])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if n <= SMALL_POOL:
+        rows, cols = np.nonzero(np.einsum("id,jd->ij", vectors, vectors) >= threshold)
+    else:
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(vectors)
+        lims, _, cols = flat.range_search(vectors, threshold)
+        rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
+    keep = (rows < cols) & (np.abs(vectors).sum(1) > 0)[rows]
+    graph = coo_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
 

@@ -47,14 +47,14 @@ def hits(found: Sequence[Any]) -> None:
     sides = any(h.found_by for h in found)
     placed = any(h.factors for h in found)
     column = f"{'found by':11} " if sides else ""
-    column += f"{'factors':20} " if placed else ""
+    column += f"{'factors':24} " if placed else ""
     click.echo(f"{'#':>3} {'score':>6} {column}{'date':10} {'account':18} {'likes':>7}  text")
     for h in found:
         t = h.tweet
         likes = "-" if t["likes"] is None else str(t["likes"])
         by = " ".join(f"{side[0]}{rank}" for side, rank in sorted(h.found_by.items(), reverse=True))
         head = f"{h.rank:>3} {h.score:6.3f} " + (f"{by:11} " if sides else "")
-        head += f"{factors(h.factors):20} " if placed else ""
+        head += f"{factors(h.factors):24} " if placed else ""
         head += f"{day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
         click.echo(head + cut(shown_text(t), width() - len(head)))
         if h.near_copies:
@@ -66,7 +66,7 @@ def factors(found: Mapping[str, float]) -> str:
     """x relative likes (of the account's usual), then blend's engagement and decay factors."""
     parts = []
     if "relative_likes" in found:
-        parts.append(f"x{found['relative_likes']:.2g}/{found['typical_likes']:,.0f}")
+        parts.append(f"x{found['relative_likes']:.2g} of {found['typical_likes']:,.0f}")
     if "engagement" in found:
         parts.append(f"e{found['engagement']:.2f}")
     if "age_days" in found:
