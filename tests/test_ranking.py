@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from retrieval.apps.cli.main import cli
 from retrieval.errors import RetrievalError
+from retrieval.index.faiss_ops import near_copy_groups
 from retrieval.query.levels import GroupStats
-from retrieval.query.ranking import Candidate, Levels, Ranking, near_copy_groups, rank
+from retrieval.query.ranking import Candidate, Levels, Ranking, rank
 from retrieval.query.search import Searcher
 from retrieval.tasks.dedup import find_duplicates, write_members
 from tests.conftest import BEHAVIOUR, LABELLED
@@ -225,12 +226,46 @@ def test_a_folded_relevant_tweet_counts_for_the_hit_that_holds_it() -> None:
 
 
 def test_a_large_pool_groups_like_a_small_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import retrieval.query.ranking as ranking
+    from retrieval.index import faiss_ops
 
     rng = np.random.default_rng(0)
     base = _unit(*rng.standard_normal((40, 16)).tolist())
     vectors = np.vstack([base, _unit(*(base[:20] + 0.05 * rng.standard_normal((20, 16))).tolist())])
     small = near_copy_groups(vectors, 0.95)
-    monkeypatch.setattr(ranking, "SMALL_POOL", 10)
+    monkeypatch.setattr(faiss_ops, "SMALL_POOL", 10)
     assert (near_copy_groups(vectors, 0.95) == small).all()
     assert len(set(small.tolist())) < len(vectors)
+
+
+@pytest.fixture(scope="module")
+def deduped(copies_searcher: Searcher, minilm) -> tuple[Searcher, object]:
+    """The same tweets built with --dedup 0.95: one vector per near-copy group."""
+    from retrieval.pipeline.build import build_index
+
+    source = copies_searcher.reader.path.parent / "copies.parquet"
+    out = copies_searcher.reader.path.parent / "deduped"
+    report = build_index(source, out, embedder=minilm, progress=False, dedup=0.95)
+    return Searcher.open(out, embedder=minilm), report
+
+
+def test_a_deduped_build_keeps_one_vector_per_group_and_every_row(copies_searcher: Searcher, deduped) -> None:
+    from retrieval.index.verify import verify
+
+    searcher, report = deduped
+    full = find_duplicates(copies_searcher, 0.95, progress=False)
+    assert report.near_copies == full.removable > 0
+    assert "near-copies kept as rows" in report.summary()
+    assert searcher.reader.sets["text"].ntotal == copies_searcher.reader.sets["text"].ntotal - full.removable
+    assert searcher.reader.stats()["rows"] == copies_searcher.reader.stats()["rows"]
+    again = find_duplicates(searcher, 0.95, progress=False)
+    assert (again.groups, again.in_groups, again.verbatim_in_one_group) == (full.groups, full.in_groups, 61)
+    assert verify(searcher.reader.path) == []
+
+
+def test_a_deduped_index_shows_the_left_out_rows_as_near_copies(copies_searcher: Searcher, deduped) -> None:
+    searcher, _ = deduped
+    query = "Collaborating with remote teams is different"
+    ranking = Ranking(collapse=0.95)
+    (before, *_), (after, *_) = (s.similar(query, k=5, ranking=ranking) for s in (copies_searcher, searcher))
+    assert {before.tweet["tweet_id"], *before.near_copies} == {after.tweet["tweet_id"], *after.near_copies}
+    assert len(after.near_copies) == 2

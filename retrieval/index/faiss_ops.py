@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from retrieval.errors import RetrievalError
 
@@ -25,6 +27,10 @@ EXACT_BELOW = 50_000
 RECALL_TARGET = 0.95
 REFINE_K_FACTOR = 8
 """A refine stage re-ranks k x 8 candidates: with k_factor 1 it only reorders a bad top-k."""
+SMALL_POOL = 512
+"""Vectors compared pairwise in numpy for near-copies; a larger set goes through FAISS."""
+NEAR_COPY_NPROBE = 16
+"""Lists probed for near-copies: a pair at cosine 0.95 almost always shares a list or a neighbour."""
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -248,6 +254,33 @@ def range_pairs(
         ids.append(found_ids + shard.first_id)
         scores.append(found_scores)
     return np.concatenate(rows), np.concatenate(ids), np.concatenate(scores)
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A group label for each of n items from the linked pairs (a[i], b[i]): connected components."""
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def near_copy_groups(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """A group label per vector: connected components of the pairs at or above the cosine, so no
+    two vectors of different groups are that close (rows of zeros, tweets without text, stay alone).
+
+    A result page's pool (50 to a few hundred) is compared with einsum, not `@`: either takes
+    microseconds, but OpenBLAS's threads keep spinning after `@` and slowed the next query's
+    embedding by 15 ms (bench/bench_search.py). A larger set goes through a FAISS range search
+    (over IVF lists from EXACT_BELOW vectors, so a build's million vectors stay tractable)."""
+    n = len(vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if n <= SMALL_POOL:
+        rows, cols = np.nonzero(np.einsum("id,jd->ij", vectors, vectors) >= threshold)
+    else:
+        factory = candidate_factories(n, vectors.shape[1])[0][0]
+        index = train(factory, vectors.shape[1], training_sample(vectors, factory))
+        index.add(vectors)
+        rows, cols, _ = range_pairs([Shard(index, 0)], vectors, threshold, nprobe=NEAR_COPY_NPROBE)
+    keep = (rows < cols) & (np.abs(vectors).sum(1) > 0)[rows]
+    return components(n, rows[keep], cols[keep])
 
 
 def can_reconstruct(index: faiss.Index) -> bool:

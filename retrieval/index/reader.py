@@ -66,6 +66,11 @@ class IndexReader:
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursor_lock = threading.Lock()
+        self._has_copies = bool(
+            self._con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'meta' AND table_name = 'copies'"
+            ).fetchone()[0]
+        )
         self.sets = {"text": VectorSet("text", manifest.text, _to_gpu(open_shards(self.path, manifest.text)))}
         if manifest.image is not None:
             owners = self.con.execute("SELECT vec_id FROM image_vectors ORDER BY pos").fetchnumpy()["vec_id"]
@@ -258,10 +263,23 @@ class IndexReader:
         """The newest tweet's date: the "now" of an archive, which recency is measured from."""
         return self.con.execute("SELECT max(date) FROM tweets").fetchone()[0]
 
-    def verbatim_copies(self) -> list[list[int]]:
-        """The vec_ids of each text that is indexed more than once, word for word."""
+    def stored_copies(self, vec_ids: list[int] | None = None) -> dict[int, list[int]]:
+        """The rows `index build --dedup` left out of the vector set, by the vec_id that stands for
+        them (only those standing for `vec_ids` when given); empty for an index built without it."""
+        if not self._has_copies:
+            return {}
+        where, params = ("WHERE copy_of IN (SELECT unnest(?))", [list(vec_ids)]) if vec_ids is not None else ("", [])
         found = self.con.execute(
-            "SELECT list(vec_id ORDER BY vec_id) FROM tweets WHERE has_vector AND content IS NOT NULL"
+            f"SELECT copy_of, list(vec_id ORDER BY vec_id) FROM copies {where} GROUP BY copy_of", params
+        ).fetchall()
+        return {rep: ids for rep, ids in found}
+
+    def verbatim_copies(self) -> list[list[int]]:
+        """The vec_ids of each text that is indexed more than once, word for word (rows with a
+        vector, and near-copies left out of the vector set)."""
+        left_out = "OR vec_id IN (SELECT vec_id FROM copies)" if self._has_copies else ""
+        found = self.con.execute(
+            f"SELECT list(vec_id ORDER BY vec_id) FROM tweets WHERE (has_vector {left_out}) AND content IS NOT NULL"
             " GROUP BY content HAVING count(*) > 1 ORDER BY min(vec_id)"
         ).fetchall()
         return [ids for (ids,) in found]

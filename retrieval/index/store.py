@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS missing_media (
     source VARCHAR,
     problem VARCHAR
 )"""
+COPIES_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS copies (
+    vec_id BIGINT PRIMARY KEY,
+    copy_of BIGINT NOT NULL
+)"""
+"""Rows left out of the vector set by `index build --dedup`: copy_of is the vec_id whose vector stands for them."""
 COLUMNS = tuple(INDEX_SCHEMA.names)
 SELECT_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
 
@@ -163,6 +169,16 @@ def _write_image_rows(folder: Path, first_pos: int, images: ImageVectors, vec_id
         con.execute("INSERT INTO missing_media SELECT vec_id, source, problem FROM failed")
 
 
+def _write_copies(folder: Path, copy_of: np.ndarray, where: np.ndarray) -> None:
+    """The rows left out of the vector set as near-copies, each with the vec_id that stands for it."""
+    rows = np.flatnonzero(copy_of >= 0)
+    copies = pa.table({"vec_id": pa.array(where[rows].astype(np.int64)), "copy_of": pa.array(where[copy_of[rows]])})
+    with duckdb.connect(str(folder / "meta.duckdb")) as con:
+        con.execute(COPIES_TABLE_SQL)
+        con.register("incoming", copies)
+        con.execute("INSERT INTO copies SELECT vec_id, copy_of FROM incoming")
+
+
 def _order_vectors_first(table: pa.Table, has_vector: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """Rows with vectors take the contiguous ids the shards hold; metadata-only rows follow.
 
@@ -266,12 +282,14 @@ def build(
     memory_budget: float = 4 * 2**30,
     source: str = "",
     images: ImageVectors | None = None,
+    copy_of: np.ndarray | None = None,
 ) -> Manifest:
     """Write a new index folder at `out` (replacing any old one atomically) and return its manifest.
 
     `vectors` holds one text vector per True in `has_vector`, in table order; `images` an
     optional second vector set (CLIP) over the same rows. The text set may be empty when
-    there are images.
+    there are images. `copy_of` gives, per row, the row whose vector stands for it (-1: none),
+    for rows left out of the vector set as near-copies; they are kept in a `copies` table.
     """
     if len(vectors) == 0 and (images is None or len(images.vectors) == 0):
         raise RetrievalError("nothing to index: no rows with text" + (" and no usable images" if images else ""))
@@ -281,6 +299,8 @@ def build(
         text = _new_set(tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget)
         _write_table(tmp, table, has_vector, 0, source, fresh=True)
         _write_keywords(tmp, None, table, has_vector, 0)
+        if copy_of is not None:
+            _write_copies(tmp, copy_of, where)
         image = None
         if images is not None:
             image = _new_set(

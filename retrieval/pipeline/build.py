@@ -26,6 +26,7 @@ from retrieval.embed.text import (
     text_embedder,
 )
 from retrieval.errors import DataError, RetrievalError
+from retrieval.index import faiss_ops as fx
 from retrieval.index import store
 from retrieval.index.folder import writer
 from retrieval.index.manifest import Manifest, read_manifest
@@ -55,6 +56,8 @@ class BuildReport:
 
     images: ImageVectors | None = None
     text: bool = True
+    near_copies: int = 0
+    """Rows `--dedup` kept without a vector of their own (their group's first tweet stands for them)."""
 
     def summary(self) -> str:
         line = f"read {self.read}, indexed {self.indexed}, rejected {self.rejected}"
@@ -62,6 +65,8 @@ class BuildReport:
             line += f" (see {self.rejects_path})"
         if self.text and self.metadata_only:
             line += f"; {self.metadata_only} metadata-only rows without text"
+        if self.near_copies:
+            line += f"; {self.near_copies} near-copies kept as rows, their vectors left out"
         if self.text:
             line += f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
         line += f"; now version {self.manifest.version}, {self.manifest.next_id} rows"
@@ -146,6 +151,7 @@ def _report(
     manifest: Manifest,
     embedder: Embedder | None,
     images: ImageVectors | None,
+    near_copies: int = 0,
 ) -> BuildReport:
     rejects_path = None
     if rejects:
@@ -154,14 +160,33 @@ def _report(
     return BuildReport(
         read=loaded.read,
         indexed=kept.num_rows,
-        metadata_only=int((~has_vector).sum()),
+        metadata_only=int((~has_vector).sum()) - near_copies,
         from_cache=embedder.hits if isinstance(embedder, CachedEmbedder) else 0,
         rejected=len(rejects),
         rejects_path=rejects_path,
         manifest=manifest,
         images=images,
         text=manifest.has_text,
+        near_copies=near_copies,
     )
+
+
+def fold_near_copies(
+    vectors: np.ndarray, has_vector: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep one vector per near-copy group (its first tweet in the file): the vectors kept, the
+    new has_vector, and per row the row that stands for it (-1 for rows that keep their own)."""
+    if not 0 < threshold <= 1:
+        raise RetrievalError(f"--dedup is a cosine in (0, 1], got {threshold}")
+    labels = fx.near_copy_groups(vectors, threshold)  # 0..groups-1
+    standing = np.unique(labels, return_index=True)[1][labels]
+    keep = standing == np.arange(len(labels))
+    text_rows = np.flatnonzero(has_vector)
+    copy_of = np.full(len(has_vector), -1, dtype=np.int64)
+    copy_of[text_rows[~keep]] = text_rows[standing[~keep]]
+    folded = has_vector.copy()
+    folded[text_rows[~keep]] = False
+    return vectors[keep], folded, copy_of
 
 
 def load_image_folder(folder: Path) -> LoadResult:
@@ -206,9 +231,12 @@ def build_index(
     images: ImageSource | None = None,
     text: bool = True,
     wait: bool = True,
+    dedup: float | None = None,
 ) -> BuildReport:
     """Build a new index at `out` from a tweet file (parquet, CSV, JSON Lines or xlsx) or a folder
-    of images; text vectors unless `text=False`, image vectors when `images` says how.
+    of images; text vectors unless `text=False`, image vectors when `images` says how. `dedup`
+    keeps one text vector per group of near-copies at that cosine; every row stays in the table,
+    and `similar` shows the others as the group's near-copies.
 
     Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
@@ -228,6 +256,9 @@ def build_index(
         has_vector = np.zeros(loaded.table.num_rows, bool)
     if loaded.table.num_rows == 0:
         raise _nothing_to_index(loaded, out.parent / f"{out.name}.rejects.jsonl")
+    copy_of = None
+    if dedup is not None and len(vectors):
+        vectors, has_vector, copy_of = fold_near_copies(vectors, has_vector, dedup)
     with writer(out, wait=wait):
         manifest = store.build(
             out,
@@ -240,9 +271,13 @@ def build_index(
             memory_budget=memory_budget,
             source=str(source),
             images=image_vectors,
+            copy_of=copy_of,
         )
         used = embedder if text else None
-        return _report(loaded, loaded.table, has_vector, list(loaded.rejects), out, manifest, used, image_vectors)
+        copies = int((copy_of >= 0).sum()) if copy_of is not None else 0
+        return _report(
+            loaded, loaded.table, has_vector, list(loaded.rejects), out, manifest, used, image_vectors, copies
+        )
 
 
 def _nothing_to_index(loaded: LoadResult, rejects_path: Path) -> DataError:

@@ -9,12 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from retrieval.errors import RetrievalError
+from retrieval.index.faiss_ops import near_copy_groups
 from retrieval.query.levels import GroupStats
 
 RANKS = ("relevance", "engagement", "recent", "blend")
@@ -25,8 +23,6 @@ tweet with a word changed, pairs just below are templates carrying different fac
 CANDIDATES = 50
 """Candidates re-ranked or collapsed per query (at least 4 x k): deep enough that a page of k
 survives folding, shallow enough that every candidate is still on topic."""
-SMALL_POOL = 512
-"""Candidates compared pairwise in numpy; a larger pool goes through FAISS."""
 ENGAGEMENT_WEIGHT = 0.2
 """blend: the engagement factor is 1 + 0.2 tanh(log relative likes), so within [0.8, 1.2]: a
 tweet that did far better than its account's usual gains at most a fifth of its similarity."""
@@ -67,6 +63,9 @@ class Candidate:
     score: float
     tweet: dict[str, Any]
     found_by: dict[str, int] = field(default_factory=dict)
+    vector_of: int | None = None
+    """A near-copy left out of the vector set (`index build --dedup`): the vec_id whose vector, and
+    score, stand for it."""
 
 
 @dataclass(frozen=True)
@@ -94,30 +93,6 @@ class Levels:
         if tweet.get("likes") is None:
             return None
         return (1 + tweet["likes"]) / (1 + self.typical(tweet))
-
-
-def near_copy_groups(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """A group label per vector: connected components of the pairs at or above the cosine, so no
-    two vectors of different groups are that close (rows of zeros, tweets without text, stay alone).
-
-    A page's pool (50 to a few hundred) is compared with einsum, not `@`: either takes microseconds,
-    but OpenBLAS's threads keep spinning after `@` and slowed the next query's embedding by 15 ms
-    (bench/bench_search.py). A larger pool (a -k 1000 --min-score page) goes through a FAISS range
-    search, which never holds the n x n matrix."""
-    n = len(vectors)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if n <= SMALL_POOL:
-        rows, cols = np.nonzero(np.einsum("id,jd->ij", vectors, vectors) >= threshold)
-    else:
-        flat = faiss.IndexFlatIP(vectors.shape[1])
-        flat.add(vectors)
-        lims, _, cols = flat.range_search(vectors, threshold)
-        rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
-    keep = (rows < cols) & (np.abs(vectors).sum(1) > 0)[rows]
-    graph = coo_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
 
 
 def rank(

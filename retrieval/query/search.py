@@ -251,11 +251,17 @@ class Searcher:
         found_by: list[dict[int, dict[str, int]]] | None = None,
     ) -> list[list[Hit]]:
         """Per query, the page of k hits: candidates with their rows, folded and ordered by `ranking`."""
-        rows = {r["vec_id"]: r for r in self.reader.rows(sorted({i for hits in found for i, _ in hits}))}
+        wanted = sorted({i for hits in found for i, _ in hits})
+        copies = self.reader.stored_copies(wanted)
+        rows = {r["vec_id"]: r for r in self.reader.rows(sorted({*wanted, *(i for c in copies.values() for i in c)}))}
         pages = []
         for q, hits in enumerate(found):
             sides = found_by[q] if found_by else {}
-            candidates = [Candidate(i, score, rows[i], sides.get(i, {})) for i, score in hits if i in rows]
+            candidates = []
+            for i, score in hits:
+                if i in rows:
+                    candidates.append(Candidate(i, score, rows[i], sides.get(i, {})))
+                    candidates += [Candidate(c, score, rows[c], vector_of=i) for c in copies.get(i, []) if c in rows]
             ranked = rank(candidates, k, ranking, vectors=self._text_vectors, levels=self.levels, newest=self._newest)
             pages.append([Hit.of(position, r) for position, r in enumerate(ranked, 1)])
         return pages
@@ -271,17 +277,18 @@ class Searcher:
         return self.reader.last_date()
 
     def _text_vectors(self, candidates: list[Candidate]) -> np.ndarray:
-        """The text vectors of candidates (zeros for those without text): read back from the index,
-        or embedded again where its type cannot give them back."""
-        with_text = [c for c in candidates if c.tweet["has_vector"]]
+        """The text vectors of candidates (zeros for those without text; a near-copy left out of the
+        vector set gets the one that stands for it): read back from the index, or embedded again
+        where its type cannot give them back."""
         vectors = np.zeros((len(candidates), self.reader.sets["text"].dim), dtype=np.float32)
-        if not with_text:
+        placed = [i for i, c in enumerate(candidates) if c.tweet["has_vector"] or c.vector_of is not None]
+        if not placed:
             return vectors
         if self.reader.text_vectors_readable:
-            found = self.reader.text_vectors(np.array([c.vec_id for c in with_text], dtype=np.int64))
+            ids = [candidates[i].vec_id if candidates[i].vector_of is None else candidates[i].vector_of for i in placed]
+            vectors[placed] = self.reader.text_vectors(np.array(ids, dtype=np.int64))
         else:
-            found = self.embedder.encode([c.tweet["content"] for c in with_text])
-        vectors[[i for i, c in enumerate(candidates) if c.tweet["has_vector"]]] = found
+            vectors[placed] = self.embedder.encode([candidates[i].tweet["content"] for i in placed])
         return vectors
 
     def close(self) -> None:

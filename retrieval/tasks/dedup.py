@@ -13,11 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from retrieval.errors import RetrievalError
+from retrieval.index import faiss_ops as fx
 from retrieval.query.ranking import DEFAULT_COLLAPSE
 from retrieval.query.search import Searcher
 
@@ -31,6 +30,7 @@ class Duplicates:
 
     threshold: float
     vectors: int
+    """Tweets with text looked at: every stored vector, plus near-copies a `--dedup` build left out."""
     members: pa.Table
     """One row per tweet in a group: group, size, vec_id, id, date, username, likes, relative_likes, best, content."""
     verbatim_texts: int
@@ -85,15 +85,17 @@ def find_duplicates(
         )
     pairs = []
     for start in tqdm(range(0, n, BATCH), desc="near-copies", unit="batch", disable=not progress):
-        pairs.append(reader.near_pairs(np.arange(start, min(n, start + BATCH)), threshold, nprobe))
-    a = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
-    b = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
-    labels = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)[1]
-    sizes = np.bincount(labels, minlength=n)
+        pairs.append(reader.near_pairs(np.arange(start, min(n, start + BATCH)), threshold, nprobe)[:2])
+    stored = [(rep, c) for rep, copies in reader.stored_copies().items() for c in copies]  # index build --dedup
+    pairs.append((np.array([r for r, _ in stored], np.int64), np.array([c for _, c in stored], np.int64)))
+    labels = fx.components(
+        reader.manifest.next_id, np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
+    )
+    sizes = np.bincount(labels)
     grouped = np.flatnonzero(sizes[labels] > 1)
     members = _members(searcher, grouped, labels[grouped], sizes)
     verbatim, together = _verbatim(reader, labels)
-    return Duplicates(threshold, n, members, verbatim, together)
+    return Duplicates(threshold, n + len(stored), members, verbatim, together)
 
 
 def _members(searcher: Searcher, vec_ids: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> pa.Table:

@@ -48,6 +48,13 @@ def index() -> None:
 @MEDIA
 @INPUT_FILE
 @NO_WAIT
+@click.option(
+    "--dedup",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Keep one text vector per group of near-copies at this cosine (e.g. 0.95); every row stays searchable "
+    "as its group's near-copy.",
+)
 def index_build(
     source: Path,
     out: Path | None,
@@ -67,6 +74,7 @@ def index_build(
     encoding: str | None,
     allow_missing_text: bool,
     no_wait: bool,
+    dedup: float | None,
 ) -> None:
     """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx) or a folder of images.
 
@@ -96,6 +104,7 @@ def index_build(
             images=image_source(clip, images, offline),
             text=text,
             wait=not no_wait,
+            dedup=dedup,
         )
     render.vector_sets(out, report.manifest)
     if clip is None:
