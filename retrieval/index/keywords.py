@@ -11,6 +11,7 @@ tweets here): bm25s has no incremental add.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ def build(folder: Path, texts: Sequence[str | None], vec_ids: np.ndarray) -> Non
     """Write the keyword index of `texts` (one per vec_id) into folder/keywords/."""
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG: one line per build
     target = Path(folder) / FOLDER
     target.mkdir(parents=True, exist_ok=True)
     retriever = bm25s.BM25()
