@@ -263,6 +263,21 @@ class IndexReader:
         """The newest tweet's date: the "now" of an archive, which recency is measured from."""
         return self.con.execute("SELECT max(date) FROM tweets").fetchone()[0]
 
+    def dated_tweets(self) -> list[tuple[int, int | None, str, dt.datetime]]:
+        """(vec_id, tweet id, account, date) of every tweet with a text vector, an account and a date, by date."""
+        return self.con.execute(
+            "SELECT vec_id, tweet_id, username, date FROM tweets"
+            " WHERE has_vector AND username IS NOT NULL AND date IS NOT NULL ORDER BY date, vec_id"
+        ).fetchall()
+
+    def top_vec_ids(self, by: str, n: int) -> list[int]:
+        """The n tweets with text vectors with the most likes (`by` likes) or the newest (`by` date)."""
+        column = {"likes": "likes", "date": "date"}[by]
+        found = self.con.execute(
+            f"SELECT vec_id FROM tweets WHERE has_vector ORDER BY {column} DESC NULLS LAST, vec_id LIMIT ?", [n]
+        )
+        return [r[0] for r in found.fetchall()]
+
     def stored_copies(self, vec_ids: list[int] | None = None) -> dict[int, list[int]]:
         """The rows `index build --dedup` left out of the vector set, by the vec_id that stands for
         them (only those standing for `vec_ids` when given); empty for an index built without it."""

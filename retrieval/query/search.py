@@ -262,7 +262,7 @@ class Searcher:
                 if i in rows:
                     candidates.append(Candidate(i, score, rows[i], sides.get(i, {})))
                     candidates += [Candidate(c, score, rows[c], vector_of=i) for c in copies.get(i, []) if c in rows]
-            ranked = rank(candidates, k, ranking, vectors=self._text_vectors, levels=self.levels, newest=self._newest)
+            ranked = rank(candidates, k, ranking, vectors=self.text_vectors, levels=self.levels, newest=self._newest)
             pages.append([Hit.of(position, r) for position, r in enumerate(ranked, 1)])
         return pages
 
@@ -276,7 +276,7 @@ class Searcher:
     def _newest(self) -> dt.datetime | None:
         return self.reader.last_date()
 
-    def _text_vectors(self, candidates: list[Candidate]) -> np.ndarray:
+    def text_vectors(self, candidates: list[Candidate]) -> np.ndarray:
         """The text vectors of candidates (zeros for those without text; a near-copy left out of the
         vector set gets the one that stands for it): read back from the index, or embedded again
         where its type cannot give them back."""

@@ -212,3 +212,26 @@ def _threshold(text: str) -> float | None:
     if not 0 < value <= 1:
         raise click.BadParameter(f"{text.strip()!r} is neither off nor a cosine in (0, 1]", param_hint="--collapse")
     return value
+
+
+@evaluate.command("recommend")
+@INDEX
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Accounts made into profiles.")
+@click.option("--diversity", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@JSON
+def eval_recommend_cmd(index_path: Path, limit: int, diversity: float, as_json: bool) -> None:
+    """Hit rate@10 and nDCG@10 of recommendations on accounts' later tweets, against two baselines."""
+    from retrieval.evaluation.recommend import eval_recommend
+    from retrieval.query.search import Searcher
+
+    with user_errors():
+        result = eval_recommend(Searcher.open(index_path), limit=limit, diversity=diversity, progress=not as_json)
+    if as_json:
+        render.dump(result)
+        return
+    click.echo(
+        f"{result['profiles']} profiles (of {result['accounts_eligible']} accounts with enough dated tweets), "
+        f"earlier 70% -> later 30%; popular by {result['popular_by']}"
+    )
+    rows = {"recommend": result["recommend"], **result["baselines"]}
+    render.metrics_table(rows, ("hit_rate_at_10", "ndcg_at_10"), 16, ".4f")

@@ -16,6 +16,7 @@ from retrieval.apps.cli.evaluate import evaluate  # noqa: E402
 from retrieval.apps.cli.generate import generate  # noqa: E402
 from retrieval.apps.cli.index import index  # noqa: E402
 from retrieval.apps.cli.models import cache, models  # noqa: E402
+from retrieval.apps.cli.profile import audience, profile, recommend  # noqa: E402
 from retrieval.apps.cli.query import predict, similar  # noqa: E402
 from retrieval.apps.cli.serve import serve  # noqa: E402
 
@@ -41,5 +42,5 @@ def cli(verbose: int, quiet: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-for command in (index, models, cache, similar, dedup, predict, generate, evaluate, serve):
+for command in (index, models, cache, similar, dedup, profile, recommend, audience, predict, generate, evaluate, serve):
     cli.add_command(command)

@@ -93,6 +93,34 @@ def duplicates(found: Any, show: int) -> None:
             click.echo(head + cut(g["content"], width() - len(head)))
 
 
+def profile(found: Any) -> None:
+    """`profile add` / `show`: the profile's size, interests with weights, liked ids and texts."""
+    click.echo(
+        f"profile {found.name}: {len(found.liked)} liked tweets, {len(found.texts)} texts (updated {found.updated_at})"
+    )
+    click.echo("interests: " + (", ".join(f"{p} ({w:.2f})" for p, w in found.interests) or "-"))
+    if found.liked:
+        click.echo("liked: " + cut(", ".join(map(str, found.liked)), width() - 7))
+    for t in found.texts:
+        click.echo("text: " + cut(t, width() - 6))
+
+
+def recommendations(found: Sequence[Any]) -> None:
+    """`recommend`: one line per tweet, then what made it come up."""
+    if not found:
+        click.echo("nothing to recommend: every match is already liked, or the filters admit none")
+        return
+    click.echo(f"{'#':>3} {'score':>6} {'eng':>5} {'date':10} {'account':18} {'likes':>7}  text")
+    for r in found:
+        t = r.tweet
+        likes = "-" if t["likes"] is None else str(t["likes"])
+        head = f"{r.rank:>3} {r.relevance:6.3f} {r.engagement:5.2f} {day(t['date']):10} "
+        head += f"{cut(t['username'] or '-', 18):18} {likes:>7}  "
+        click.echo(head + cut(shown_text(t), width() - len(head)))
+        why = f"because {r.because}" + (f"; interests: {', '.join(r.interests)}" if r.interests else "")
+        click.echo(" " * 11 + cut(why, width() - 11))
+
+
 def prediction(found: Any, username: str, show: int) -> None:
     """`predict`: estimate and interval, where the prior came from, and the neighbours by weight."""
     prior = found.prior
