@@ -138,3 +138,38 @@ def test_cli_profile_recommend_audience(index: Path, tweets: list[dict]) -> None
     ]:
         bad = runner.invoke(cli, [*args, "--index", str(index)])
         assert bad.exit_code in (1, 2) and message in bad.output and "Traceback" not in bad.output
+
+
+def test_kill_9_during_a_write_leaves_the_old_profiles_file(
+    searcher: Searcher, index: Path, tweets: list[dict]
+) -> None:
+    """A real SIGKILL while the new file is half written: the old one is still whole."""
+    import signal
+    import subprocess
+    import sys
+
+    store = ProfileStore(index)
+    add_to_profile(searcher, store, "fan", _of(tweets, "redbullracing", 2))
+    before = store.path.read_bytes()
+    script = f"""
+import time
+from pathlib import Path
+from retrieval.index import profiles
+from retrieval.index.profiles import Profile, ProfileStore
+
+def stalls(table, where):
+    Path(where).write_bytes(b"half a file")
+    print("writing", flush=True)
+    time.sleep(60)
+
+profiles.pq.write_table = stalls
+ProfileStore({str(index)!r}).put(Profile("other", (1,)))
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+    assert store.path.read_bytes() == before and [p.name for p in store.all()] == ["fan"]

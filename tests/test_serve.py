@@ -396,3 +396,24 @@ def test_ranking_threshold_and_explain_over_http(client: TestClient, tweets: lis
     assert (
         client.post("/v1/similar", json={"index": "brand", "id": tweets[7]["id"], "min_score": 0.5}).status_code == 400
     )
+
+
+def test_profiles_recommendations_and_audiences_over_http(client: TestClient, tweets: list[dict], index_path) -> None:
+    liked = [t["id"] for t in tweets if t["content"] and t["id"] is not None][:5]
+    try:
+        made = client.post("/v1/profiles", json={"index": "brand", "name": "fan", "liked": liked})
+        assert made.status_code == 200, made.text
+        assert made.json()["liked"] == liked and made.json()["interests"]
+        assert [p["name"] for p in client.get("/v1/profiles/brand").json()] == ["fan"]
+        found = client.post("/v1/recommend", json={"index": "brand", "name": "fan", "k": 4}).json()
+        assert len(found["recommendations"]) == 4
+        assert not {r["id"] for r in found["recommendations"]} & set(liked)
+        fits = client.post("/v1/audience", json={"index": "brand", "id": liked[0]}).json()["fits"]
+        assert fits[0]["profile"] == "fan"
+        assert client.post("/v1/recommend", json={"index": "brand", "name": "ghost"}).status_code == 404
+        bad = client.post("/v1/profiles", json={"index": "brand", "name": "x", "liked": [987654321]})
+        assert bad.status_code == 400 and "987654321" in bad.json()["error"]
+        assert client.delete("/v1/profiles/brand/fan").json() == {"deleted": "fan"}
+        assert client.get("/v1/profiles/brand/fan").status_code == 404
+    finally:
+        (index_path.parent / "brand.profiles.parquet").unlink(missing_ok=True)

@@ -24,12 +24,18 @@ from starlette.exceptions import HTTPException
 
 from retrieval.apps.api.schemas import (
     INT64,
+    AudienceIn,
+    AudienceOut,
     ErrorOut,
     GenerateIn,
     HitOut,
     IndexOut,
     PredictIn,
     PredictOut,
+    ProfileIn,
+    ProfileOut,
+    RecommendIn,
+    RecommendOut,
     SimilarIn,
     SimilarOut,
     Tweet,
@@ -37,8 +43,10 @@ from retrieval.apps.api.schemas import (
 from retrieval.apps.api.served import Busy, ModelQueue, ServedIndex
 from retrieval.errors import DataError, IndexCorrupt, IndexLocked, IndexNotFound, ModelMissing, RetrievalError
 from retrieval.index.filters import Filters, whole_day
+from retrieval.index.profiles import Profile, ProfileStore
 from retrieval.io.media import decode_image
 from retrieval.query.ranking import Ranking
+from retrieval.tasks.recommend.recommend import add_to_profile, audience, recommend
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +182,55 @@ def create_app(
             return StreamingResponse(_stream(index, model, body), media_type="text/event-stream")
         with model.turn() as generator:
             return _generate(index, generator, body)
+
+    def profile_of(index: ServedIndex, name: str) -> Profile:
+        found = ProfileStore(index.path).find(name)
+        if found is None:
+            raise HTTPException(404, f"{index.name}: no profile {name!r}")
+        return found
+
+    @v1.get("/profiles/{index}", response_model=list[ProfileOut])
+    def list_profiles(index: str) -> list[dict]:
+        return [p.to_json() for p in ProfileStore(index_of(index).path).all()]
+
+    @v1.get("/profiles/{index}/{name}", response_model=ProfileOut)
+    def show_profile(index: str, name: str) -> dict:
+        return profile_of(index_of(index), name).to_json()
+
+    @v1.post("/profiles", response_model=ProfileOut)
+    def add_profile(body: ProfileIn) -> dict:
+        index = index_of(body.index)
+        return add_to_profile(index.searcher, ProfileStore(index.path), body.name, body.liked, body.texts).to_json()
+
+    @v1.delete("/profiles/{index}/{name}")
+    def delete_profile(index: str, name: str) -> dict[str, str]:
+        served_index = index_of(index)
+        profile_of(served_index, name)
+        ProfileStore(served_index.path).delete(name)
+        return {"deleted": name}
+
+    @v1.post("/recommend", response_model=RecommendOut)
+    def recommend_for(body: RecommendIn) -> RecommendOut:
+        index = index_of(body.index)
+        f = body.filters
+        filters = Filters(f.username, f.company, _naive(f.since), whole_day(_naive(f.until)), f.min_likes)
+        person = profile_of(index, body.name)
+        found = recommend(index.searcher, person, body.k, filters=filters, diversity=body.diversity)
+        return RecommendOut(index=index.name, profile=person.name, recommendations=[r.to_json() for r in found])
+
+    @v1.post("/audience", response_model=AudienceOut)
+    def audience_of(body: AudienceIn) -> AudienceOut:
+        index = index_of(body.index)
+        if (body.text is None) == (body.id is None):
+            raise HTTPException(400, "give one of text or id")
+        text = body.text
+        if body.id is not None:
+            row = index.searcher.reader.find_tweet(body.id)
+            if row is None or not row["content"]:
+                raise HTTPException(404, f"{body.index}: no tweet with id {body.id} and text")
+            text = row["content"]
+        fits = audience(index.searcher, ProfileStore(index.path).all(), text or "", body.k)
+        return AudienceOut(index=index.name, fits=[f.to_json() for f in fits])
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

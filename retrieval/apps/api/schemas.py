@@ -157,6 +157,73 @@ class GenerateIn(Strict):
     stream: bool = Field(False, description="Stream tokens as server-sent events, then the result.")
 
 
+class ProfileIn(Strict):
+    index: str
+    name: str = Field(min_length=1, max_length=200)
+    liked: list[int] = Field(default_factory=list, max_length=10_000, description="Tweet ids (the input file's id).")
+    texts: list[str] = Field(default_factory=list, max_length=100)
+
+
+class Interest(BaseModel):
+    phrase: str
+    weight: float
+
+
+class ProfileOut(BaseModel):
+    name: str
+    liked: list[int]
+    texts: list[str]
+    interests: list[Interest]
+    created_at: str
+    updated_at: str
+
+
+class RecommendIn(Strict):
+    index: str
+    name: str = Field(description="A profile of this index.")
+    k: int = Field(10, ge=1, le=100)
+    filters: FiltersIn = FiltersIn()
+    diversity: float = Field(0.3, ge=0, le=1, description="Weight of variety in maximal marginal relevance.")
+
+
+class RecommendationOut(BaseModel):
+    rank: int
+    relevance: float
+    engagement: float
+    id: int | None
+    date: str | None
+    username: str | None
+    likes: int | None
+    content: str | None
+    because: str = Field(description="The liked tweet or text it matches best.")
+    interests: list[str]
+
+
+class RecommendOut(BaseModel):
+    index: str
+    profile: str
+    recommendations: list[RecommendationOut]
+
+
+class AudienceIn(Strict):
+    index: str
+    text: str | None = Field(None, max_length=10_000)
+    id: int | None = Field(None, ge=-INT64, le=INT64)
+    k: int = Field(10, ge=1, le=100)
+
+
+class FitOut(BaseModel):
+    profile: str
+    score: float
+    closest: str
+    interests: list[str]
+
+
+class AudienceOut(BaseModel):
+    index: str
+    fits: list[FitOut]
+
+
 class IndexOut(BaseModel):
     name: str
     version: int
