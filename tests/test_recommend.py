@@ -173,3 +173,22 @@ ProfileStore({str(index)!r}).put(Profile("other", (1,)))
     finally:
         child.kill()
     assert store.path.read_bytes() == before and [p.name for p in store.all()] == ["fan"]
+
+
+def test_an_image_adds_its_labels_as_interests_and_as_a_query(
+    index: Path, tweets: list[dict], clip_checkpoint: Path, image_folder: Path
+) -> None:
+    runner = CliRunner()
+    args = ["profile", "add", "visual", "--image", str(image_folder / "img1.png"), "--index", str(index)]
+    refused = runner.invoke(cli, args)
+    assert refused.exit_code == 1 and "--clip-checkpoint" in refused.output and "Traceback" not in refused.output
+    added = runner.invoke(cli, [*args, "--clip-checkpoint", str(clip_checkpoint), "--clip-model", "ViT-S-32", "--json"])
+    assert added.exit_code == 0, added.output
+    profile = json.loads(added.output)
+    (image,) = profile["images"]
+    labels = [lb["label"] for lb in image["labels"]]
+    assert image["source"].endswith("img1.png") and len(labels) == 5
+    assert labels[0] in [i["phrase"] for i in profile["interests"]]
+    shown = runner.invoke(cli, ["recommend", "visual", "--index", str(index), "-k", "3", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert all(r["because"].startswith("image img1.png") for r in json.loads(shown.output))

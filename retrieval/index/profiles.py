@@ -23,6 +23,17 @@ SCHEMA = pa.schema(
         ("liked", pa.list_(pa.int64())),
         ("texts", pa.list_(pa.string())),
         ("interests", pa.list_(pa.struct([("phrase", pa.string()), ("weight", pa.float64())]))),
+        (
+            "images",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("source", pa.string()),
+                        ("labels", pa.list_(pa.struct([("label", pa.string()), ("weight", pa.float64())]))),
+                    ]
+                )
+            ),
+        ),
         ("created_at", pa.timestamp("us")),
         ("updated_at", pa.timestamp("us")),
     ]
@@ -37,16 +48,21 @@ class Profile:
     liked: tuple[int, ...] = ()
     texts: tuple[str, ...] = ()
     interests: tuple[tuple[str, float], ...] = ()
-    """Keyphrases of the liked tweets and texts, each with a weight in (0, 1], best first."""
+    """Keyphrases of the liked tweets and texts, then the images' labels, each with a weight in (0, 1]."""
+    images: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    """Images the person liked or posted: their file or URL and CLIP's zero-shot labels with probabilities."""
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now().replace(microsecond=0))
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now().replace(microsecond=0))
 
-    def extended(self, liked: list[int], texts: list[str]) -> Profile:
-        """This profile with more liked ids and texts (each kept once, in the order given)."""
+    def extended(
+        self, liked: list[int], texts: list[str], images: list[tuple[str, tuple[tuple[str, float], ...]]] = ()
+    ) -> Profile:
+        """This profile with more liked ids, texts and images (each kept once, in the order given)."""
         return replace(
             self,
             liked=tuple(dict.fromkeys([*self.liked, *liked])),
             texts=tuple(dict.fromkeys([*self.texts, *texts])),
+            images=tuple({source: (source, labels) for source, labels in [*self.images, *images]}.values()),
             updated_at=dt.datetime.now().replace(microsecond=0),
         )
 
@@ -56,6 +72,10 @@ class Profile:
             "liked": list(self.liked),
             "texts": list(self.texts),
             "interests": [{"phrase": p, "weight": round(w, 4)} for p, w in self.interests],
+            "images": [
+                {"source": src, "labels": [{"label": lb, "weight": round(w, 4)} for lb, w in labels]}
+                for src, labels in self.images
+            ],
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -85,6 +105,7 @@ class ProfileStore:
                 tuple(r["liked"]),
                 tuple(r["texts"]),
                 tuple((i["phrase"], i["weight"]) for i in r["interests"]),
+                tuple((i["source"], tuple((lb["label"], lb["weight"]) for lb in i["labels"])) for i in r["images"]),
                 r["created_at"],
                 r["updated_at"],
             )
@@ -127,6 +148,10 @@ class ProfileStore:
                     "liked": list(p.liked),
                     "texts": list(p.texts),
                     "interests": [{"phrase": ph, "weight": w} for ph, w in p.interests],
+                    "images": [
+                        {"source": src, "labels": [{"label": lb, "weight": w} for lb, w in labels]}
+                        for src, labels in p.images
+                    ],
                     "created_at": p.created_at,
                     "updated_at": p.updated_at,
                 }

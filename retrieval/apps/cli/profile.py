@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from retrieval.apps.cli import render
-from retrieval.apps.cli.options import CHECK, FILTERS, INDEX, JSON, user_errors
+from retrieval.apps.cli.options import CHECK, CLIP, FILTERS, INDEX, JSON, user_errors
 
 
 @click.group()
@@ -36,15 +36,35 @@ def _ids(text: str | None) -> list[int]:
     help="Tweet ids (the input file's id column) the person liked or posted.",
 )
 @click.option("--text", "texts", multiple=True, help="A text the person wrote or cares about (repeatable).")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="An image (file or URL) the person liked or posted; needs --clip-checkpoint.",
+)
+@CLIP
 @JSON
-def profile_add(name: str, index_path: Path, liked: str | None, texts: tuple[str, ...], as_json: bool) -> None:
-    """Create profile NAME, or add liked tweets and texts to it; its interests are found again."""
+def profile_add(
+    name: str,
+    index_path: Path,
+    liked: str | None,
+    texts: tuple[str, ...],
+    images: tuple[str, ...],
+    clip_checkpoint: Path | None,
+    clip_model: str | None,
+    as_json: bool,
+) -> None:
+    """Create profile NAME, or add liked tweets, texts and images to it; its interests are found again."""
     from retrieval.index.profiles import ProfileStore
-    from retrieval.query.search import Searcher
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
     from retrieval.tasks.recommend.recommend import add_to_profile
 
     with user_errors():
-        found = add_to_profile(Searcher.open(index_path), ProfileStore(index_path), name, _ids(liked), texts)
+        clip = index_clip(index_path, clip_checkpoint, clip_model) if images else None
+        pictures = [(source, load_image(source)) for source in images]
+        searcher = Searcher.open(index_path, clip=clip)
+        found = add_to_profile(searcher, ProfileStore(index_path), name, _ids(liked), texts, pictures)
     if as_json:
         render.dump(found.to_json())
     else:

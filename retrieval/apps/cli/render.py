@@ -103,6 +103,8 @@ def profile(found: Any) -> None:
         click.echo("liked: " + cut(", ".join(map(str, found.liked)), width() - 7))
     for t in found.texts:
         click.echo("text: " + cut(t, width() - 6))
+    for source, labels in found.images:
+        click.echo("image: " + cut(f"{source}: " + ", ".join(label for label, _ in labels), width() - 7))
 
 
 def recommendations(found: Sequence[Any]) -> None:

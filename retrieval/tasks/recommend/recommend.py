@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,11 @@ from retrieval.query.ranking import DEFAULT_COLLAPSE, ENGAGEMENT_WEIGHT, Candida
 from retrieval.query.search import Searcher
 from retrieval.tasks.recommend.interests import interests, matching
 
+if TYPE_CHECKING:
+    import PIL.Image
+
+IMAGE_LABELS = 5
+"""Zero-shot labels kept per profile image."""
 DEPTH = 50
 """Candidates fetched per profile vector."""
 MAX_QUERIES = 50
@@ -68,8 +74,8 @@ class Recommendation:
 
 def profile_vectors(searcher: Searcher, profile: Profile) -> ProfileVectors:
     """The vectors of a profile's liked tweets (read back from the index) and texts (embedded)."""
-    if not profile.liked and not profile.texts:
-        raise RetrievalError(f"profile {profile.name!r} is empty: add liked tweets (--liked) or texts (--text)")
+    if not profile.liked and not profile.texts and not profile.images:
+        raise RetrievalError(f"profile {profile.name!r} is empty: add liked tweets (--liked), texts or images")
     rows = []
     for tweet_id in profile.liked[-MAX_QUERIES:]:
         row = searcher.reader.find_tweet(tweet_id)
@@ -78,13 +84,15 @@ def profile_vectors(searcher: Searcher, profile: Profile) -> ProfileVectors:
         if row["content"]:
             rows.append(row)
     texts = list(profile.texts[-MAX_QUERIES:])
+    pictures = [(source, image_text(labels)) for source, labels in profile.images[-MAX_QUERIES:]]
     parts, labels = [], []
     if rows:
         parts.append(searcher.text_vectors([Candidate(r["vec_id"], 0.0, r) for r in rows]))
         labels += [f"liked #{r['tweet_id']}" for r in rows]
-    if texts:
-        parts.append(searcher.embedder.encode(texts))
+    if texts or pictures:
+        parts.append(searcher.embedder.encode([*texts, *(words for _, words in pictures)]))
         labels += [f"text {' '.join(t.split()[:5])!r}" for t in texts]
+        labels += [f"image {Path(source).name} ({words})" for source, words in pictures]
     if not parts:
         raise RetrievalError(f"profile {profile.name!r}: its liked tweets have no text to match")
     return ProfileVectors(np.vstack(parts).astype(np.float32), labels, frozenset(r["vec_id"] for r in rows))
@@ -193,7 +201,7 @@ def audience(searcher: Searcher, profiles: Sequence[Profile], text: str, k: int 
     query = searcher.embedder.encode([text.strip()])[0]
     fits = []
     for profile in profiles:
-        if not profile.liked and not profile.texts:
+        if not profile.liked and not profile.texts and not profile.images:
             continue
         pv = profile_vectors(searcher, profile)
         sims = pv.vectors @ query
@@ -203,20 +211,49 @@ def audience(searcher: Searcher, profiles: Sequence[Profile], text: str, k: int 
 
 
 def add_to_profile(
-    searcher: Searcher, store: ProfileStore, name: str, liked: Sequence[int] = (), texts: Sequence[str] = ()
+    searcher: Searcher,
+    store: ProfileStore,
+    name: str,
+    liked: Sequence[int] = (),
+    texts: Sequence[str] = (),
+    images: Sequence[tuple[str, PIL.Image.Image]] = (),
 ) -> Profile:
-    """Create or extend a profile: its liked ids must be in the index; its interests are found again
-    from every liked text and written text; the file is written whole, atomically."""
+    """Create or extend a profile: its liked ids must be in the index; images (source, picture) are
+    described by the searcher's CLIP model. Its interests are found again from every liked text,
+    written text and image; the file is written whole, atomically."""
     if not name or not name.strip():
         raise RetrievalError("a profile needs a name")
     texts = [t.strip() for t in texts if t and t.strip()]
-    if not liked and not texts:
-        raise RetrievalError(f"profile {name!r}: nothing to add; give --liked IDS or --text TEXT")
+    if not liked and not texts and not images:
+        raise RetrievalError(f"profile {name!r}: nothing to add; give --liked IDS, --text TEXT or --image PATH")
     missing = sorted(set(liked) - searcher.reader.known_tweet_ids(list(liked)))
     if missing:
         raise RetrievalError(f"{searcher.reader.path}: no tweet with id {missing[0]} (of {len(missing)} unknown ids)")
-    profile = (store.find(name) or Profile(name.strip())).extended(list(liked), texts)
+    described = []
+    if images:
+        from retrieval.embed.describe import MediaDescriber
+
+        if searcher.clip is None:
+            raise RetrievalError("describing images needs a CLIP model", hint="clip_checkpoint")
+        ranked = MediaDescriber(searcher.clip).top_labels([picture for _, picture in images], IMAGE_LABELS)
+        described = [(source, tuple(labels)) for (source, _), labels in zip(images, ranked)]
+    profile = (store.find(name) or Profile(name.strip())).extended(list(liked), texts, described)
     liked_texts = [row["content"] for row in map(searcher.reader.find_tweet, profile.liked) if row and row["content"]]
-    profile = replace(profile, interests=interests([*liked_texts, *profile.texts]))
+    profile = replace(profile, interests=interests([*liked_texts, *profile.texts]) + _image_interests(profile))
     store.put(profile)
     return profile
+
+
+def _image_interests(profile: Profile) -> tuple[tuple[str, float], ...]:
+    """The images' labels, each once, weighted by its best probability relative to the best label's."""
+    best: dict[str, float] = {}
+    for _, labels in profile.images:
+        for label, weight in labels:
+            best[label] = max(best.get(label, 0.0), weight)
+    top = max(best.values(), default=1.0) or 1.0
+    return tuple((label, round(w / top, 4)) for label, w in sorted(best.items(), key=lambda item: -item[1]))
+
+
+def image_text(labels: Sequence[tuple[str, float]]) -> str:
+    """An image as the text model reads it: the describer's words ("photo of a burger, a tray")."""
+    return "photo of " + ", ".join(label for label, _ in labels)
