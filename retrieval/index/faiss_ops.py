@@ -95,15 +95,30 @@ def bytes_per_vector(index: faiss.Index) -> float:
 
 
 def training_sample(vectors: np.ndarray, factory: str, seed: int = 0) -> np.ndarray:
-    """64 points per IVF list: inside the 30-256 that FAISS asks for, and k-means on 2 cores
-    stays in minutes at a million vectors; at least 10,000 so 8-bit PQ codebooks get the 39 x 256
-    points they need. All vectors when the index is not IVF."""
+    """The vectors `training_rows` picks, for callers that hold them all."""
+    rows = training_rows(len(vectors), factory, seed)
+    return vectors if rows is None else vectors[rows]
+
+
+def training_rows(n: int, factory: str, seed: int = 0) -> np.ndarray | None:
+    """Which of n vectors to train on, so a streamed build can embed them first: 64 points per
+    IVF list, inside the 30-256 that FAISS asks for, and k-means on 2 cores stays in minutes at a
+    million vectors; at least 10,000 so 8-bit PQ codebooks get the 39 x 256 points they need.
+    None (all of them) when that is all or the index is not IVF."""
     nlist = _nlist_of(factory)
-    limit = max(64 * nlist, 10_000) if nlist else len(vectors)
-    if len(vectors) <= limit:
-        return vectors
-    rows = np.random.default_rng(seed).choice(len(vectors), limit, replace=False)
-    return vectors[np.sort(rows)]
+    limit = max(64 * nlist, 10_000) if nlist else n
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def needs_training(factory: str, d: int) -> bool:
+    """Whether the factory's index learns from data (IVF, PQ, SQ do; Flat and HNSW do not), so a
+    streamed build embeds a training sample first only when it is used."""
+    try:
+        return not faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT).is_trained
+    except RuntimeError as e:
+        raise RetrievalError(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[0]}") from None
 
 
 def _nlist_of(factory: str) -> int:

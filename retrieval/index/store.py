@@ -28,6 +28,7 @@ from retrieval.index import faiss_ops as fx
 from retrieval.index import keywords
 from retrieval.index.folder import UNLISTED, atomic_folder, damaged_files, file_entries, sha256
 from retrieval.index.manifest import Manifest, ShardEntry, VectorSetInfo, now, read_manifest
+from retrieval.index.streams import InMemory, VectorStream, as_stream
 from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
 
 log = logging.getLogger(__name__)
@@ -189,13 +190,30 @@ def _order_vectors_first(table: pa.Table, has_vector: np.ndarray) -> tuple[pa.Ta
     return table.take(pa.array(order)), has_vector[order], where
 
 
-def _eval_truth(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Keep a sample of indexed vectors and their exact top-k, so recall can be measured later
+def _eval_rows(n: int, seed: int = 0) -> np.ndarray:
+    """The sample of indexed vectors whose exact top-k is kept, so recall can be measured later
     without the raw vectors (which a compressed index does not keep)."""
-    rows = np.random.default_rng(seed).choice(len(vectors), min(EVAL_QUERIES, len(vectors)), replace=False)
-    queries = vectors[np.sort(rows)]
-    truth = fx.exact_search(vectors, queries, min(TRUTH_K, len(vectors)))
-    return queries, truth
+    return np.sort(np.random.default_rng(seed).choice(n, min(EVAL_QUERIES, n), replace=False))
+
+
+def _add_batches(
+    shard: faiss.Index,
+    vectors: VectorStream,
+    start: int,
+    stop: int,
+    queries: np.ndarray,
+    truth: tuple[np.ndarray, np.ndarray] | None,
+    first_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add rows start..stop-1 to the shard a batch at a time, growing the queries' exact top-k
+    as they pass, so no batch outlives its turn."""
+    k = TRUTH_K
+    for first, batch in vectors.batches(start, stop):
+        shard.add(np.ascontiguousarray(batch, dtype=np.float32))
+        found = fx.exact_search(batch, queries, min(k, len(batch)), first_id + first)
+        truth = found if truth is None else fx.merge_results(truth, found, min(k, truth[1].shape[1] + len(batch)))
+    assert truth is not None, "a shard of no rows"
+    return truth
 
 
 def _save_eval(folder: Path, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray]) -> None:
@@ -218,7 +236,7 @@ def _split(n: int, shards: int) -> list[tuple[int, int]]:
 def _new_set(
     root: Path,
     prefix: str,
-    vectors: np.ndarray,
+    vectors: VectorStream,
     embedder: Mapping[str, Any],
     *,
     factory: str | None,
@@ -227,52 +245,64 @@ def _new_set(
 ) -> VectorSetInfo:
     """Train one vector set, write its shards, trained index and recall sample under root/prefix.
 
-    An empty set has no files and no shards.
+    Only the training sample and the recall queries are held whole; each shard is filled a
+    batch at a time, written, and let go before the next, then read back memory-mapped to
+    tune nprobe. An empty set has no files and no shards.
     """
-    if len(vectors) == 0:
+    n = len(vectors)
+    if n == 0:
         return VectorSetInfo(embedder)
-    d = vectors.shape[1]
-    factory = factory or fx.choose_factory(len(vectors), d, memory_budget)
-    log.info("training %s on %d vectors", factory, len(vectors))
-    trained = fx.train(factory, d, fx.training_sample(vectors, factory))
-    built = [fx.Shard(fx.new_shard(trained, vectors[a:b]), a) for a, b in _split(len(vectors), shards)]
-    queries, truth = _eval_truth(vectors)
-    nprobe, recall = fx.tune_nprobe(built, queries, truth[1])
+    d = vectors.dim
+    factory = factory or fx.choose_factory(n, d, memory_budget)
+    train_rows = fx.training_rows(n, factory) if fx.needs_training(factory, d) else np.zeros(0, np.int64)
+    eval_rows = _eval_rows(n)
+    wanted = np.arange(n) if train_rows is None else np.union1d(train_rows, eval_rows)
+    held = vectors.take(wanted)
+    sample = held if train_rows is None else held[np.searchsorted(wanted, train_rows)]
+    log.info("training %s on %d vectors", factory, len(sample))
+    trained = fx.train(factory, d, sample)
+    queries = held[np.searchsorted(wanted, eval_rows)]
+    del held, sample
     (root / prefix).mkdir(parents=True, exist_ok=True)
+    truth, entries = None, []
+    for number, (a, b) in enumerate(_split(n, shards)):
+        shard = faiss.clone_index(trained)
+        truth = _add_batches(shard, vectors, a, b, queries, truth)
+        entries.append(_write_shard(root, prefix, number, shard, a))
+        del shard
+    assert truth is not None
     _write_faiss(trained, root / prefix / "trained.faiss")
     _save_eval(root / prefix, queries, truth)
-    return VectorSetInfo(
-        embedder,
-        factory=factory,
-        nprobe=nprobe,
-        recall_at_10=round(recall, 4),
-        bytes_per_vector=fx.bytes_per_vector(trained),
-        shards=tuple(_write_shard(root, prefix, i, s.index, s.first_id) for i, s in enumerate(built)),
+    vset = VectorSetInfo(
+        embedder, factory=factory, bytes_per_vector=fx.bytes_per_vector(trained), shards=tuple(entries)
     )
+    nprobe, recall = fx.tune_nprobe(open_shards(root, vset), queries, truth[1])
+    return dataclasses.replace(vset, nprobe=nprobe, recall_at_10=round(recall, 4))
 
 
-def _grow_set(old: Path, tmp: Path, vset: VectorSetInfo, prefix: str, vectors: np.ndarray, first: int) -> VectorSetInfo:
+def _grow_set(
+    old: Path, tmp: Path, vset: VectorSetInfo, prefix: str, vectors: VectorStream, first: int
+) -> VectorSetInfo:
     """A set with the vectors added as one new shard cloned from its trained index (no
     retraining), its stored exact top-k extended and nprobe re-tuned."""
     trained = old / prefix / "trained.faiss"
     if not trained.exists():
         raise RetrievalError(f"{old}: the index was built without {prefix.strip('/') or 'text'} vectors; rebuild it")
-    opened = open_shards(old, vset)
-    shard = fx.new_shard(faiss.read_index(str(trained)), vectors)
-    entry = _write_shard(tmp, prefix, len(vset.shards), shard, first)
-    opened.append(fx.Shard(shard, first))
+    shard = faiss.read_index(str(trained))
     queries = np.load(tmp / prefix / "eval" / "queries.npy")
     truth = (np.load(tmp / prefix / "eval" / "truth_scores.npy"), np.load(tmp / prefix / "eval" / "truth_ids.npy"))
-    new = fx.exact_search(vectors, queries, min(TRUTH_K, len(vectors)), first)
-    truth = fx.merge_results(truth, new, truth[1].shape[1])
+    truth = _add_batches(shard, vectors, 0, len(vectors), queries, truth, first)
+    entry = _write_shard(tmp, prefix, len(vset.shards), shard, first)
+    del shard
     _save_eval(tmp / prefix, queries, truth)
-    nprobe, recall = fx.tune_nprobe(opened, queries, truth[1])
-    return dataclasses.replace(vset, shards=(*vset.shards, entry), nprobe=nprobe, recall_at_10=round(recall, 4))
+    grown = dataclasses.replace(vset, shards=(*vset.shards, entry))
+    nprobe, recall = fx.tune_nprobe(open_shards(tmp, grown), queries, truth[1])
+    return dataclasses.replace(grown, nprobe=nprobe, recall_at_10=round(recall, 4))
 
 
 def build(
     out: Path,
-    vectors: np.ndarray,
+    vectors: np.ndarray | VectorStream,
     table: pa.Table,
     has_vector: np.ndarray,
     *,
@@ -286,11 +316,13 @@ def build(
 ) -> Manifest:
     """Write a new index folder at `out` (replacing any old one atomically) and return its manifest.
 
-    `vectors` holds one text vector per True in `has_vector`, in table order; `images` an
+    `vectors` holds one text vector per True in `has_vector`, in table order (an array, or a
+    stream that is read a batch at a time so it never sits in memory whole); `images` an
     optional second vector set (CLIP) over the same rows. The text set may be empty when
     there are images. `copy_of` gives, per row, the row whose vector stands for it (-1: none),
     for rows left out of the vector set as near-copies; they are kept in a `copies` table.
     """
+    vectors = as_stream(vectors)
     if len(vectors) == 0 and (images is None or len(images.vectors) == 0):
         raise RetrievalError("nothing to index: no rows with text" + (" and no usable images" if images else ""))
     table, has_vector, where = _order_vectors_first(table, has_vector)
@@ -306,7 +338,7 @@ def build(
             image = _new_set(
                 tmp,
                 IMAGE_PREFIX,
-                images.vectors,
+                InMemory(images.vectors),
                 images.embedder,
                 factory=None,
                 shards=shards,
@@ -320,7 +352,7 @@ def build(
 
 def add(
     path: Path,
-    vectors: np.ndarray,
+    vectors: np.ndarray | VectorStream,
     table: pa.Table,
     has_vector: np.ndarray,
     *,
@@ -328,6 +360,7 @@ def add(
     images: ImageVectors | None = None,
 ) -> Manifest:
     """Append rows as one new shard per vector set, cloned from the trained empty index: no retraining."""
+    vectors = as_stream(vectors)
     manifest = read_manifest(path)
     check(path, manifest)
     if images is not None and len(images.vectors) and manifest.image is None:
@@ -354,9 +387,10 @@ def _grow_images(path: Path, tmp: Path, vset: VectorSetInfo, images: ImageVector
     missing = Counter(vset.missing_media) + Counter(images.missing)
     first_pos = vset.next_pos
     if len(images.vectors) and not vset.shards:
-        vset = _new_set(tmp, IMAGE_PREFIX, images.vectors, vset.embedder, factory=None, shards=1, memory_budget=1e18)
+        stream = InMemory(images.vectors)
+        vset = _new_set(tmp, IMAGE_PREFIX, stream, vset.embedder, factory=None, shards=1, memory_budget=1e18)
     elif len(images.vectors):
-        vset = _grow_set(path, tmp, vset, IMAGE_PREFIX, images.vectors, first_pos)
+        vset = _grow_set(path, tmp, vset, IMAGE_PREFIX, InMemory(images.vectors), first_pos)
     return dataclasses.replace(vset, next_pos=first_pos + len(images.vectors), missing_media=dict(missing))
 
 

@@ -34,6 +34,7 @@ from retrieval.index.reader import IndexReader
 from retrieval.index.store import ImageVectors
 from retrieval.io.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.io.tweets import LoadResult, Reject, load_tweets, write_rejects
+from retrieval.pipeline.embedded import DEFAULT_BATCH, EmbeddedTexts
 from retrieval.schema import TWEET_SCHEMA
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class BuildReport:
     text: bool = True
     near_copies: int = 0
     """Rows `--dedup` kept without a vector of their own (their group's first tweet stands for them)."""
+    memory: str = ""
+    """What set the build's memory: the batch, the vectors held at once, the largest shard."""
 
     def summary(self) -> str:
         line = f"read {self.read}, indexed {self.indexed}, rejected {self.rejected}"
@@ -70,6 +73,7 @@ class BuildReport:
         if self.text:
             line += f"; {self.from_cache} of {self.indexed - self.metadata_only} vectors from the embedding cache"
         line += f"; now version {self.manifest.version}, {self.manifest.next_id} rows"
+        line += f"\n{self.memory}" if self.memory else ""
         return line + (f"\n{self.image_summary()}" if self.images is not None else "")
 
     def image_summary(self) -> str:
@@ -98,12 +102,22 @@ class ImageSource:
     """Images fetched and embedded at a time: decoded images are large, so they never all sit in memory."""
 
 
-def _embed(embedder: Embedder | None, table: pa.Table, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _texts(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """The texts to embed, in table order, and which rows have one."""
     has_text = np.asarray(pc.is_valid(table.column("content")).to_numpy(zero_copy_only=False), dtype=bool)
-    if embedder is None:
-        return np.zeros((0, 0), "float32"), np.zeros(table.num_rows, bool)
-    texts = [t for t in table.column("content").to_pylist() if t is not None]
-    return embedder.encode(texts, progress=progress), has_text
+    return [t for t in table.column("content").to_pylist() if t is not None], has_text
+
+
+def _memory_line(vectors: EmbeddedTexts, manifest: Manifest, new_shards: int) -> str:
+    """The sizes that bound a build's memory, so a user can trade them (`--batch`, `--shards`)."""
+    largest = max((s.rows for s in manifest.text.shards[-new_shards:]), default=0) if new_shards else 0
+    held = vectors.peak_held * vectors.dim * 4
+    codes = largest * (manifest.text.bytes_per_vector or 0)
+    return (
+        f"memory: batches of {vectors.batch} texts; at most {vectors.peak_held} vectors held at once "
+        f"({held / 2**20:.0f} MB: training sample, recall queries, one batch); "
+        f"largest new shard {largest} vectors ({codes / 2**20:.0f} MB of codes)"
+    )
 
 
 def _folder_images(folder: Path) -> dict[int, list[str]]:
@@ -152,6 +166,7 @@ def _report(
     embedder: Embedder | None,
     images: ImageVectors | None,
     near_copies: int = 0,
+    memory: str = "",
 ) -> BuildReport:
     rejects_path = None
     if rejects:
@@ -168,6 +183,7 @@ def _report(
         images=images,
         text=manifest.has_text,
         near_copies=near_copies,
+        memory=memory,
     )
 
 
@@ -232,11 +248,13 @@ def build_index(
     text: bool = True,
     wait: bool = True,
     dedup: float | None = None,
+    batch: int = DEFAULT_BATCH,
 ) -> BuildReport:
     """Build a new index at `out` from a tweet file (parquet, CSV, JSON Lines or xlsx) or a folder
     of images; text vectors unless `text=False`, image vectors when `images` says how. `dedup`
     keeps one text vector per group of near-copies at that cosine; every row stays in the table,
-    and `similar` shows the others as the group's near-copies.
+    and `similar` shows the others as the group's near-copies. Texts are embedded and added
+    `batch` at a time (all at once with `dedup`, which compares every vector with every other).
 
     Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
@@ -249,7 +267,10 @@ def build_index(
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
     if text:
         embedder = embedder or text_embedder("mpnet")
-    vectors, has_vector = _embed(embedder if text else None, loaded.table, progress)
+    texts, has_vector = _texts(loaded.table) if text else ([], np.zeros(loaded.table.num_rows, bool))
+    vectors: EmbeddedTexts | np.ndarray = np.zeros((0, 0), "float32")
+    if text and embedder is not None:
+        vectors = EmbeddedTexts(embedder, texts, batch, progress)
     image_vectors = embed_images(loaded.table, images, progress=progress) if images else None
     if source.is_dir() and image_vectors is not None:
         loaded, image_vectors = _only_rows_with_images(loaded, image_vectors)
@@ -257,8 +278,9 @@ def build_index(
     if loaded.table.num_rows == 0:
         raise _nothing_to_index(loaded, out.parent / f"{out.name}.rejects.jsonl")
     copy_of = None
-    if dedup is not None and len(vectors):
-        vectors, has_vector, copy_of = fold_near_copies(vectors, has_vector, dedup)
+    if dedup is not None and embedder is not None and texts:
+        everything = embedder.encode(texts, progress=progress)
+        vectors, has_vector, copy_of = fold_near_copies(everything, has_vector, dedup)
     with writer(out, wait=wait):
         manifest = store.build(
             out,
@@ -275,9 +297,11 @@ def build_index(
         )
         used = embedder if text else None
         copies = int((copy_of >= 0).sum()) if copy_of is not None else 0
-        return _report(
-            loaded, loaded.table, has_vector, list(loaded.rejects), out, manifest, used, image_vectors, copies
+        memory = (
+            _memory_line(vectors, manifest, len(manifest.text.shards)) if isinstance(vectors, EmbeddedTexts) else ""
         )
+        rejects = list(loaded.rejects)
+        return _report(loaded, loaded.table, has_vector, rejects, out, manifest, used, image_vectors, copies, memory)
 
 
 def _nothing_to_index(loaded: LoadResult, rejects_path: Path) -> DataError:
@@ -303,6 +327,7 @@ def add_to_index(
     progress: bool = True,
     images: ImageSource | None = None,
     wait: bool = True,
+    batch: int = DEFAULT_BATCH,
 ) -> BuildReport:
     """Append a file's tweets as a new shard; ids already in the index are rejected as duplicates.
 
@@ -316,7 +341,7 @@ def add_to_index(
         manifest = read_manifest(path)
         text = manifest.has_text
         loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
-        return _add(loaded, path, manifest, embedder, progress, images)
+        return _add(loaded, path, manifest, embedder, progress, images, batch)
 
 
 def embedder_for_adding(
@@ -343,6 +368,7 @@ def _add(
     embedder: Embedder | None,
     progress: bool,
     images: ImageSource | None,
+    batch: int,
 ) -> BuildReport:
     text = manifest.has_text
     table, rejects = _drop_known_ids(path, loaded)
@@ -355,10 +381,20 @@ def _add(
         images.clip.check_built_with(manifest.image.embedder, path)
     elif manifest.image is not None:
         log.warning("%s has image vectors but no CLIP model was given: the new tweets' images are not embedded", path)
-    vectors, has_vector = _embed(embedder if text else None, table, progress)
+    texts, has_vector = _texts(table) if text else ([], np.zeros(table.num_rows, bool))
+    vectors = EmbeddedTexts(embedder, texts, batch, progress) if text and embedder is not None else None
     image_vectors = embed_images(table, images, progress=progress) if images else None
-    manifest = store.add(path, vectors, table, has_vector, source=loaded.path, images=image_vectors)
-    return _report(loaded, table, has_vector, rejects, path, manifest, embedder if text else None, image_vectors)
+    manifest = store.add(
+        path,
+        vectors if vectors is not None else np.zeros((0, 0), "float32"),
+        table,
+        has_vector,
+        source=loaded.path,
+        images=image_vectors,
+    )
+    memory = _memory_line(vectors, manifest, 1) if vectors is not None and len(vectors) else ""
+    used = embedder if text else None
+    return _report(loaded, table, has_vector, rejects, path, manifest, used, image_vectors, memory=memory)
 
 
 def _drop_known_ids(path: Path, loaded: LoadResult) -> tuple[pa.Table, list[Reject]]:

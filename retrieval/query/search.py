@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +261,9 @@ class Searcher:
                 if i in rows:
                     candidates.append(Candidate(i, score, rows[i], sides.get(i, {})))
                     candidates += [Candidate(c, score, rows[c], vector_of=i) for c in copies.get(i, []) if c in rows]
-            ranked = rank(candidates, k, ranking, vectors=self.text_vectors, levels=self.levels, newest=self._newest)
+            ranked = rank(
+                candidates, k, ranking, vectors=self.text_vectors, levels=self.levels, newest=self.reader.last_date
+            )
             pages.append([Hit.of(position, r) for position, r in enumerate(ranked, 1)])
         return pages
 
@@ -272,9 +273,6 @@ class Searcher:
             stats = GroupStats.from_groups(self.reader.likes_by_group(), self.reader.account_companies())
             self._levels = Levels(stats)
         return self._levels
-
-    def _newest(self) -> dt.datetime | None:
-        return self.reader.last_date()
 
     def text_vectors(self, candidates: list[Candidate]) -> np.ndarray:
         """The text vectors of candidates (zeros for those without text; a near-copy left out of the

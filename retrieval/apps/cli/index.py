@@ -8,6 +8,7 @@ import click
 
 from retrieval.apps.cli import render
 from retrieval.apps.cli.options import (
+    CHUNK,
     EMBEDDING,
     INDEX,
     INPUT_FILE,
@@ -48,6 +49,7 @@ def index() -> None:
 @MEDIA
 @INPUT_FILE
 @NO_WAIT
+@CHUNK
 @click.option(
     "--dedup",
     type=click.FloatRange(0, 1, min_open=True),
@@ -74,6 +76,7 @@ def index_build(
     encoding: str | None,
     allow_missing_text: bool,
     no_wait: bool,
+    chunk: int,
     dedup: float | None,
 ) -> None:
     """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx) or a folder of images.
@@ -105,6 +108,7 @@ def index_build(
             text=text,
             wait=not no_wait,
             dedup=dedup,
+            batch=chunk,
         )
     render.vector_sets(out, report.manifest)
     if clip is None:
@@ -119,6 +123,7 @@ def index_build(
 @MEDIA
 @INPUT_FILE
 @NO_WAIT
+@CHUNK
 def index_add(
     source: Path,
     index_path: Path,
@@ -133,6 +138,7 @@ def index_add(
     encoding: str | None,
     allow_missing_text: bool,
     no_wait: bool,
+    chunk: int,
 ) -> None:
     """Append a file's tweets to an index as a new shard, without retraining."""
     from retrieval.pipeline.build import add_to_index, embedder_for_adding
@@ -151,6 +157,7 @@ def index_add(
             allow_missing_text=allow_missing_text,
             images=image_source(index_clip(index_path, clip_checkpoint, clip_model), images, offline),
             wait=not no_wait,
+            batch=chunk,
         )
     click.echo(report.summary())
 

@@ -71,6 +71,13 @@ CHECK = click.option(
 NO_WAIT = click.option(
     "--no-wait", is_flag=True, help="Fail at once if another build or add is writing the index, instead of waiting."
 )
+CHUNK = click.option(
+    "--chunk",
+    type=click.IntRange(1),
+    default=8192,
+    show_default=True,
+    help="Texts embedded and added at a time: with --shards it bounds the build's memory, not the file's size.",
+)
 TEXT_MODEL = click.option(
     "--model",
     default="mpnet",

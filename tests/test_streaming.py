@@ -1,0 +1,129 @@
+"""A build streams its vectors: bounded by the batch, equal to a whole-file build, resumable after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
+
+from retrieval.embed.cache import CachedEmbedder
+from retrieval.index.manifest import read_manifest
+from retrieval.index.verify import verify
+from retrieval.pipeline.build import add_to_index, build_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingEmbedder(HashEmbedder):
+    """Records the size of every call, to show how many texts are embedded at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def encode(self, texts, *, progress=False):
+        self.calls.append(len(texts))
+        return super().encode(texts)
+
+
+def _shard_sums(path: Path) -> list[tuple[int, int, str]]:
+    return [(s.first_id, s.rows, s.sha256) for s in read_manifest(path).text.shards]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,SQ8"])
+def test_a_build_in_small_batches_writes_the_same_index_as_one_batch(
+    tmp_path: Path, sample_parquet: Path, factory: str
+) -> None:
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    build_index(sample_parquet, whole, embedder=HashEmbedder(), factory=factory, shards=3, progress=False)
+    report = build_index(
+        sample_parquet, streamed, embedder=HashEmbedder(), factory=factory, shards=3, progress=False, batch=37
+    )
+    assert _shard_sums(streamed) == _shard_sums(whole) and len(_shard_sums(whole)) == 3
+    for name in ("queries", "truth_ids", "truth_scores"):
+        assert np.array_equal(np.load(whole / "eval" / f"{name}.npy"), np.load(streamed / "eval" / f"{name}.npy"))
+    a, b = read_manifest(whole).text, read_manifest(streamed).text
+    assert (a.nprobe, a.recall_at_10) == (b.nprobe, b.recall_at_10)
+    assert "memory: batches of 37 texts" in report.summary()
+    assert verify(streamed) == []
+
+
+def test_an_add_in_small_batches_matches_one_batch(tmp_path: Path, sample_parquet: Path) -> None:
+    table = pq.read_table(sample_parquet)
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    pq.write_table(table.slice(0, 400), first)
+    pq.write_table(table.slice(400), second)
+    sums = []
+    for batch in (10_000, 23):
+        out = tmp_path / f"index-{batch}"
+        build_index(first, out, embedder=HashEmbedder(), factory="IVF8,Flat", progress=False)
+        add_to_index(second, out, embedder=HashEmbedder(), progress=False, batch=batch)
+        sums.append((_shard_sums(out), np.load(out / "eval" / "truth_ids.npy").tolist()))
+    assert sums[0] == sums[1] and len(sums[0][0]) == 2
+
+
+def test_memory_is_set_by_the_batch_and_the_training_sample_not_the_file(tmp_path: Path) -> None:
+    """20,000 real rows (the behaviour tweets twice, with new ids): an IVF trains on 10,000 of
+    them, so no more than those, the recall queries and one batch are ever held at once."""
+    table = pq.read_table(BEHAVIOUR)
+    again = table.set_column(table.schema.get_field_index("id"), "id", pc.add(table.column("id"), 10**12))
+    source = tmp_path / "twice.parquet"
+    pq.write_table(pa.concat_tables([table, again]), source)
+    embedder = CountingEmbedder()
+    report = build_index(source, tmp_path / "index", embedder=embedder, factory="IVF16,Flat", progress=False, batch=500)
+    texts = report.indexed - report.metadata_only
+    assert texts > 15_000
+    take, *rest = embedder.calls
+    assert take <= 10_000 + 1_000 and max(rest) <= 500 and take + sum(rest) == texts
+    held = int(report.memory.split("at most ")[1].split()[0])
+    assert held <= take + 500 < texts
+
+
+def test_a_build_killed_midway_keeps_the_old_index_and_its_embeddings(tmp_path: Path, sample_parquet: Path) -> None:
+    """kill -9 while embedding: the old index is untouched, and the run started again takes every
+    vector the killed one had stored from the cache."""
+    source = tmp_path / "tweets.parquet"
+    pq.write_table(pq.read_table(BEHAVIOUR).slice(0, 3000), source)
+    out, cache = tmp_path / "index", tmp_path / "cache"
+    build_index(sample_parquet, out, embedder=HashEmbedder(), progress=False)
+    script = HASH_EMBEDDER + textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from retrieval.embed.cache import CachedEmbedder
+        from retrieval.pipeline.build import build_index
+
+        class Slow(HashEmbedder):
+            def encode(self, texts, *, progress=False):
+                time.sleep(0.4)
+                return super().encode(texts)
+
+        build_index({str(source)!r}, {str(out)!r}, embedder=CachedEmbedder(Slow(), "hash", Path({str(cache)!r})),
+                    progress=False, batch=200)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while len(list((cache / "hash").glob("*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored = len(list((cache / "hash").glob("*.parquet")))
+    assert read_manifest(out).next_id == 600 and verify(out) == []
+
+    embedder = CachedEmbedder(HashEmbedder(), "hash", cache)
+    report = build_index(source, out, embedder=embedder, progress=False, batch=200)
+    assert report.from_cache >= 200 * stored and embedder.misses == report.indexed - report.from_cache
+    assert f"{report.from_cache} of 3000 vectors from the embedding cache" in report.summary()
+    assert read_manifest(out).next_id == 3000 and verify(out) == []
