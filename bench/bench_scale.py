@@ -42,17 +42,21 @@ class Synthetic:
         self.n, self.dim, self.batch = n, d, batch
         self.basis = rng.standard_normal((intrinsic, d)).astype("float32")
         self.centres = rng.standard_normal((clusters, intrinsic)).astype("float32")
+        self.last: tuple[int, np.ndarray] = (-1, np.zeros((0, d), "float32"))
 
     def __len__(self) -> int:
         return self.n
 
     def block(self, number: int) -> np.ndarray:
+        if self.last[0] == number:
+            return self.last[1]
         rng = np.random.default_rng(number + 1)
         size = min(BLOCK, self.n - number * BLOCK)
         latent = self.centres[rng.integers(0, len(self.centres), size)]
         latent += 0.5 * rng.standard_normal(latent.shape).astype("float32")
         x = latent @ self.basis
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        self.last = (number, x / np.linalg.norm(x, axis=1, keepdims=True))
+        return self.last[1]
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         first, last = start // BLOCK, (stop - 1) // BLOCK
@@ -83,9 +87,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mb() -> dict[str, float]:
+    """Resident memory split as the kernel keeps it: anonymous (the process's own, must stay) and
+    file-backed (pages of mapped shard files, dropped under memory pressure and read again)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {kind: int(status[f"Rss{kind}"].split()[0]) / 1024 for kind in ("Anon", "File")}
 
 
 def build(n: int, out: Path, how: str, factory: str) -> dict:
@@ -115,21 +121,23 @@ def open_and_query(out: Path, mmap: bool, queries: int) -> dict:
     from retrieval.index import store
     from retrieval.index.manifest import read_manifest
 
-    before = rss_mb()
     vset = read_manifest(out).text
+    x = Synthetic(vset.shards[-1].first_id + vset.shards[-1].rows).take(np.arange(queries) * 997)
+    before = rss_mb()
     shards = store.open_shards(out, vset, mmap=mmap)
     opened = rss_mb()
-    x = Synthetic(vset.shards[-1].first_id + vset.shards[-1].rows).take(np.arange(queries) * 997)
     times = []
     for q in x:
         start = time.perf_counter()
         fx.search(shards, q[None], 10, nprobe=vset.nprobe)
         times.append(time.perf_counter() - start)
+    queried = rss_mb()
     return {
         "step": "open",
+        "factory": vset.factory,
         "mmap": mmap,
-        "rss_open_mb": round(opened - before),
-        "rss_after_queries_mb": round(rss_mb() - before),
+        **{f"rss_{kind.lower()}_open_mb": round(opened[kind] - before[kind]) for kind in opened},
+        **{f"rss_{kind.lower()}_queried_mb": round(queried[kind] - before[kind]) for kind in queried},
         "p50_ms": round(1000 * float(np.median(times)), 2),
         "p99_ms": round(1000 * float(np.quantile(times, 0.99)), 2),
         "queries": queries,
@@ -155,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--factory", default=FACTORY)
+    parser.add_argument("--on-disk-factory", default="IVF1024,SQ8", help="A factory whose lists map (--on-disk).")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--step", choices=["build", "open"])
     parser.add_argument("--how", choices=["stream", "whole"], default="stream")
@@ -169,33 +178,33 @@ def main() -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory(dir=RESULTS.parent) as tmp:
-        for how in ("stream", "whole"):
-            out = Path(tmp) / how
-            rows.append(
-                child(
-                    ["--step", "build", "--how", how, "--n", str(args.n), "--factory", args.factory, "--out", str(out)]
-                )
-            )
+        built = {}
+        for how, factory in (("stream", args.factory), ("whole", args.factory), ("stream", args.on_disk_factory)):
+            out = Path(tmp) / f"{how}-{len(built)}"
+            flags = ["--how", how, "--n", str(args.n), "--factory", factory, "--out", str(out)]
+            rows.append(child(["--step", "build", *flags]))
+            built.setdefault(factory, out)
             print(rows[-1], flush=True)
-        for mmap in (True, False):
-            rows.append(
-                child(
-                    ["--step", "open", "--out", str(Path(tmp) / "stream"), "--queries", str(args.queries)]
-                    + (["--mmap"] if mmap else [])
-                )
-            )
-            print(rows[-1], flush=True)
+        for out in built.values():
+            for mmap in (True, False):
+                flags = ["--step", "open", "--out", str(out), "--queries", str(args.queries)]
+                rows.append(child(flags + (["--mmap"] if mmap else [])))
+                print(rows[-1], flush=True)
     where = cpu()
-    print(f"\n{args.n:,} vectors x 768, {args.factory}, on {where}\n")
-    print("| build | seconds | peak RSS MB | recall@10 | nprobe | disk MB |\n|---|---|---|---|---|---|")
-    for r in rows[:2]:
-        cells = [r["how"], r["seconds"], r["peak_rss_mb"], r["recall_at_10"], r["nprobe"], r["disk_mb"]]
+    print(f"\n{args.n:,} vectors x 768 on {where}\n")
+    print("| build | factory | seconds | peak RSS MB | recall@10 | nprobe | disk MB |\n|---|---|---|---|---|---|---|")
+    for r in rows[:3]:
+        cells = [r["how"], r["factory"], r["seconds"], r["peak_rss_mb"], r["recall_at_10"], r["nprobe"], r["disk_mb"]]
         print("| " + " | ".join(map(str, cells)) + " |")
-    print("\n| loaded | RSS after open MB | RSS after queries MB | p50 ms | p99 ms |\n|---|---|---|---|---|")
-    for r in rows[2:]:
+    print(
+        f"\n| factory | shards | RSS after open, own + mapped MB | after {args.queries} queries MB | p50 ms | p99 ms |"
+        "\n|---|---|---|---|---|---|"
+    )
+    for r in rows[3:]:
         print(
-            f"| {'mmap' if r['mmap'] else 'read into RAM'} | {r['rss_open_mb']} | {r['rss_after_queries_mb']} "
-            f"| {r['p50_ms']} | {r['p99_ms']} |"
+            f"| {r['factory']} | {'mapped' if r['mmap'] else 'read into RAM'} "
+            f"| {r['rss_anon_open_mb']} + {r['rss_file_open_mb']} | {r['rss_anon_queried_mb']} + "
+            f"{r['rss_file_queried_mb']} | {r['p50_ms']} | {r['p99_ms']} |"
         )
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "scale.jsonl", "a") as f:

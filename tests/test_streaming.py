@@ -18,9 +18,11 @@ import pytest
 from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
 
 from retrieval.embed.cache import CachedEmbedder
+from retrieval.index import faiss_ops as fx
 from retrieval.index.manifest import read_manifest
 from retrieval.index.verify import verify
 from retrieval.pipeline.build import add_to_index, build_index
+from retrieval.schema import TWEET_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +129,30 @@ def test_a_build_killed_midway_keeps_the_old_index_and_its_embeddings(tmp_path: 
     assert report.from_cache >= 200 * stored and embedder.misses == report.indexed - report.from_cache
     assert f"{report.from_cache} of 3000 vectors from the embedding cache" in report.summary()
     assert read_manifest(out).next_id == 3000 and verify(out) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see mappings")
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,SQ8", "IVF16,PQ16x4fs,Refine(SQ8)"])
+def test_an_opened_index_maps_its_shard_files_instead_of_reading_them(
+    tmp_path: Path, clustered: np.ndarray, factory: str
+) -> None:
+    from retrieval.index import store
+
+    out = tmp_path / "index"
+    n = len(clustered)
+    columns = {f.name: pa.nulls(n, f.type) for f in TWEET_SCHEMA} | {"row": pa.array(np.arange(1, n + 1))}
+    meta = pa.table(columns, schema=TWEET_SCHEMA)
+    store.build(out, clustered, meta, np.ones(n, bool), embedder={"name": "test", "dim": 64}, factory=factory, shards=2)
+    vset = read_manifest(out).text
+    shards = store.open_shards(out, vset)
+    maps = Path("/proc/self/maps").read_text()
+    assert all(str((out / s.file).resolve()) in maps for s in vset.shards)
+    _, found = fx.search(shards, clustered[:50], 10, nprobe=16)
+    _, read = fx.search(store.open_shards(out, vset, mmap=False), clustered[:50], 10, nprobe=16)
+    assert np.array_equal(found, read) and (found[:, 0] == np.arange(50)).mean() > 0.9
+
+
+def test_on_disk_never_chooses_lists_that_cannot_be_mapped() -> None:
+    assert fx.choose_factory(10**8, 768, 4 * 2**30).endswith("x4fs")
+    assert fx.choose_factory(10**8, 768, 4 * 2**30, on_disk=True).endswith(",SQ4")
+    assert fx.choose_factory(10**6, 768, 4 * 2**30, on_disk=True).endswith(",Flat")

@@ -71,9 +71,11 @@ def candidate_factories(n: int, d: int) -> list[tuple[str, float]]:
     ]
 
 
-def choose_factory(n: int, d: int, memory_budget: float = 4 * 2**30) -> str:
-    """The most accurate candidate whose codes for n vectors fit in memory_budget bytes."""
-    candidates = candidate_factories(n, d)
+def choose_factory(n: int, d: int, memory_budget: float = 4 * 2**30, on_disk: bool = False) -> str:
+    """The most accurate candidate whose codes for n vectors fit in memory_budget bytes. With
+    `on_disk` the codes stay in the shard files and are paged in by the lists a query probes, so
+    the budget bounds the disk instead, and fast-scan PQ, whose lists cannot be mapped, is left out."""
+    candidates = [c for c in candidate_factories(n, d) if not (on_disk and c[0].endswith("fs"))]
     for factory, per_vector in candidates:
         if n * per_vector <= memory_budget:
             return factory

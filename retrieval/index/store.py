@@ -242,6 +242,7 @@ def _new_set(
     factory: str | None,
     shards: int,
     memory_budget: float,
+    on_disk: bool = False,
 ) -> VectorSetInfo:
     """Train one vector set, write its shards, trained index and recall sample under root/prefix.
 
@@ -253,7 +254,7 @@ def _new_set(
     if n == 0:
         return VectorSetInfo(embedder)
     d = vectors.dim
-    factory = factory or fx.choose_factory(n, d, memory_budget)
+    factory = factory or fx.choose_factory(n, d, memory_budget, on_disk)
     train_rows = fx.training_rows(n, factory) if fx.needs_training(factory, d) else np.zeros(0, np.int64)
     eval_rows = _eval_rows(n)
     wanted = np.arange(n) if train_rows is None else np.union1d(train_rows, eval_rows)
@@ -310,6 +311,7 @@ def build(
     factory: str | None = None,
     shards: int = 1,
     memory_budget: float = 4 * 2**30,
+    on_disk: bool = False,
     source: str = "",
     images: ImageVectors | None = None,
     copy_of: np.ndarray | None = None,
@@ -318,7 +320,8 @@ def build(
 
     `vectors` holds one text vector per True in `has_vector`, in table order (an array, or a
     stream that is read a batch at a time so it never sits in memory whole); `images` an
-    optional second vector set (CLIP) over the same rows. The text set may be empty when
+    optional second vector set (CLIP) over the same rows. `on_disk` chooses a factory whose codes
+    are read from the shard files as queries need them (see `fx.choose_factory`). The text set may be empty when
     there are images. `copy_of` gives, per row, the row whose vector stands for it (-1: none),
     for rows left out of the vector set as near-copies; they are kept in a `copies` table.
     """
@@ -328,7 +331,9 @@ def build(
     table, has_vector, where = _order_vectors_first(table, has_vector)
     version = _current_version(Path(out)) + 1
     with atomic_folder(out) as tmp:
-        text = _new_set(tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget)
+        text = _new_set(
+            tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget, on_disk=on_disk
+        )
         _write_table(tmp, table, has_vector, 0, source, fresh=True)
         _write_keywords(tmp, None, table, has_vector, 0)
         if copy_of is not None:
@@ -343,6 +348,7 @@ def build(
                 factory=None,
                 shards=shards,
                 memory_budget=memory_budget,
+                on_disk=on_disk,
             )
             image = dataclasses.replace(image, next_pos=len(images.vectors), missing_media=images.missing)
             _write_image_rows(tmp, 0, images, where)
@@ -432,20 +438,33 @@ def check(path: Path, manifest: Manifest, *, full: bool = False) -> None:
         raise IndexCorrupt(f"{path}: damaged: {name}: {problem}{more}", hint="verify", value=str(path))
 
 
+MMAP_FLAGS = tuple(
+    flags | faiss.IO_FLAG_READ_ONLY for flags in (getattr(faiss, "IO_FLAG_MMAP_IFC", 0), faiss.IO_FLAG_MMAP) if flags
+)
+"""Ways to map a shard file rather than read it, best first: IO_FLAG_MMAP_IFC (faiss >= 1.12) maps
+flat codes, refine codes and IVF lists alike; IO_FLAG_MMAP maps only plain IVF lists. Fast-scan
+PQ lists are read into memory either way."""
+
+
 def open_shards(path: Path, vset: VectorSetInfo, mmap: bool = True) -> list[fx.Shard]:
-    """Load one vector set's shards, memory-mapped where the index type allows, so opening a
-    big index is cheap."""
+    """Load one vector set's shards memory-mapped where the index type allows, so opening a big
+    index is cheap and a query pages in only the lists it probes."""
     shards = []
     for entry in vset.shards:
         file = Path(path) / entry.file
         if not file.exists():
             raise IndexCorrupt(f"{file}: shard file missing")
-        try:
-            try:
-                index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
-            except RuntimeError:
-                index = faiss.read_index(str(file))
-        except RuntimeError as e:
-            raise IndexCorrupt(f"{file}: faiss cannot read it ({str(e).strip().splitlines()[-1]})") from None
-        shards.append(fx.Shard(index, entry.first_id))
+        shards.append(fx.Shard(_read_shard(file, MMAP_FLAGS if mmap else ()), entry.first_id))
     return shards
+
+
+def _read_shard(file: Path, ways: tuple[int, ...]) -> faiss.Index:
+    for flags in ways:
+        try:
+            return faiss.read_index(str(file), flags)
+        except RuntimeError:
+            continue
+    try:
+        return faiss.read_index(str(file))
+    except RuntimeError as e:
+        raise IndexCorrupt(f"{file}: faiss cannot read it ({str(e).strip().splitlines()[-1]})") from None

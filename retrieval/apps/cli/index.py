@@ -44,6 +44,12 @@ def index() -> None:
 )
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True, help="Number of shard files.")
 @click.option("--memory", default="4G", show_default=True, help="Memory budget for the vector codes.")
+@click.option(
+    "--on-disk",
+    is_flag=True,
+    help="Codes stay in the shard files and queries page in only the lists they probe: --memory then bounds "
+    "the disk, and no fast-scan PQ (its lists cannot be mapped).",
+)
 @click.option("--no-text", is_flag=True, help="Image vectors only (needs --clip-checkpoint).")
 @EMBEDDING
 @MEDIA
@@ -64,6 +70,7 @@ def index_build(
     factory: str | None,
     shards: int,
     memory: str,
+    on_disk: bool,
     no_text: bool,
     batch_size: int,
     precision: str | None,
@@ -104,6 +111,7 @@ def index_build(
             factory=factory,
             shards=shards,
             memory_budget=parse_bytes(memory),
+            on_disk=on_disk,
             images=image_source(clip, images, offline),
             text=text,
             wait=not no_wait,
