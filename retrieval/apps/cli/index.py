@@ -57,6 +57,16 @@ def index() -> None:
 @NO_WAIT
 @CHUNK
 @click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="auto|ADDRESS",
+    help="Embed on a Ray cluster ('auto': the local one, started if none runs); the rest of the build stays here.",
+)
+@click.option(
+    "--ray-workers", type=click.IntRange(1), default=None, help="Embedding actors (default: one per CPU/GPU)."
+)
+@click.option(
     "--dedup",
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
@@ -84,6 +94,8 @@ def index_build(
     allow_missing_text: bool,
     no_wait: bool,
     chunk: int,
+    ray_address: str | None,
+    ray_workers: int | None,
     dedup: float | None,
 ) -> None:
     """Build an index from a tweet file (parquet, CSV, JSON Lines, xlsx) or a folder of images.
@@ -101,10 +113,19 @@ def index_build(
             raise click.ClickException(
                 "image vectors need a CLIP model: give --clip-checkpoint PATH (nothing is downloaded)"
             )
+        embedder = None
+        if text and ray_address:
+            from retrieval.pipeline.distributed import ray_text_embedder
+
+            embedder = ray_text_embedder(
+                model, ray_address, workers=ray_workers, precision=precision, batch_size=batch_size, cache=not no_cache
+            )
+        elif text:
+            embedder = text_embedder(model, batch_size, precision, no_cache)
         report = build_index(
             source,
             out,
-            embedder=text_embedder(model, batch_size, precision, no_cache) if text else None,
+            embedder=embedder,
             columns=parse_columns(columns),
             encoding=encoding,
             allow_missing_text=allow_missing_text,

@@ -1,0 +1,47 @@
+"""The Ray path on a local single-node cluster: the same rows, ids and recall as a local build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.index.manifest import read_manifest
+from retrieval.index.reader import IndexReader
+from retrieval.pipeline.build import build_index
+
+ray = pytest.importorskip("ray", reason="Ray is optional; ./setup.sh installs it")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from retrieval.pipeline.distributed import connect
+
+    connect("auto", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_ray_build_equals_the_local_one(cluster, tmp_path: Path, sample_parquet: Path) -> None:
+    from retrieval.embed.text import text_embedder
+    from retrieval.pipeline.distributed import ray_text_embedder
+
+    local = tmp_path / "local"
+    build_index(sample_parquet, local, embedder=text_embedder("minilm", threads=1), factory="IVF8,Flat", progress=False)
+    embedder = ray_text_embedder("minilm", "auto", workers=2, cache=False)
+    report = build_index(
+        sample_parquet, tmp_path / "ray", embedder=embedder, factory="IVF8,Flat", progress=False, batch=97
+    )
+    a, b = read_manifest(local), read_manifest(tmp_path / "ray")
+    assert (a.next_id, a.text.factory, a.text.nprobe) == (b.next_id, b.text.factory, b.text.nprobe)
+    assert abs(a.text.recall_at_10 - b.text.recall_at_10) <= 0.01 and report.indexed == 600
+    assert a.text.embedder == b.text.embedder
+    with IndexReader(local) as x, IndexReader(tmp_path / "ray") as y:
+        assert [r["tweet_id"] for r in x.rows(list(range(600)))] == [r["tweet_id"] for r in y.rows(list(range(600)))]
+        queries = np.load(local / "eval" / "queries.npy")[:50]
+        top_x = [hits[0][0] for hits in x.search(queries, 5)]
+        top_y = [hits[0][0] for hits in y.search(queries, 5)]
+    assert np.mean(np.array(top_x) == np.array(top_y)) >= 0.98
+
