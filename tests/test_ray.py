@@ -44,4 +44,3 @@ def test_a_ray_build_equals_the_local_one(cluster, tmp_path: Path, sample_parque
         top_x = [hits[0][0] for hits in x.search(queries, 5)]
         top_y = [hits[0][0] for hits in y.search(queries, 5)]
     assert np.mean(np.array(top_x) == np.array(top_y)) >= 0.98
-

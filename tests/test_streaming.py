@@ -132,7 +132,7 @@ def test_a_build_killed_midway_keeps_the_old_index_and_its_embeddings(tmp_path: 
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see mappings")
-@pytest.mark.parametrize("factory", ["Flat", "IVF16,SQ8", "IVF16,PQ16x4fs,Refine(SQ8)"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,SQ8", "IVF16,RaBitQ4", "IVF16,PQ16x4fs,Refine(SQ8)"])
 def test_an_opened_index_maps_its_shard_files_instead_of_reading_them(
     tmp_path: Path, clustered: np.ndarray, factory: str
 ) -> None:
@@ -154,5 +154,5 @@ def test_an_opened_index_maps_its_shard_files_instead_of_reading_them(
 
 def test_on_disk_never_chooses_lists_that_cannot_be_mapped() -> None:
     assert fx.choose_factory(10**8, 768, 4 * 2**30).endswith("x4fs")
-    assert fx.choose_factory(10**8, 768, 4 * 2**30, on_disk=True).endswith(",SQ4")
+    assert fx.choose_factory(10**8, 768, 4 * 2**30, on_disk=True).endswith(",RaBitQ4")
     assert fx.choose_factory(10**6, 768, 4 * 2**30, on_disk=True).endswith(",Flat")

@@ -55,8 +55,9 @@ def candidate_factories(n: int, d: int) -> list[tuple[str, float]]:
     """Factory strings for n vectors of width d, from most to least memory, with bytes/vector.
 
     Measured on the 10,000 real MPNet vectors (docs/benchmarks.md): SQ8 and SQ6 reach
-    10-recall@10 >= 0.95 at nprobe 16, SQ4 stops at 0.94, and PQ codes alone stop well below
-    (0.66-0.88), so PQ is the last resort when nothing else fits the memory budget.
+    10-recall@10 >= 0.95 at nprobe 16; at half a byte per dimension SQ4 stops at 0.94 and 4-bit
+    RaBitQ reaches 0.952 at nprobe 32 (404 bytes for 768-d), so RaBitQ takes that rung; PQ codes
+    alone stop well below (0.66-0.88), so PQ is the last resort when nothing else fits the budget.
     """
     if n < EXACT_BELOW:
         return [("Flat", 4.0 * d)]
@@ -66,7 +67,7 @@ def candidate_factories(n: int, d: int) -> list[tuple[str, float]]:
         (f"IVF{nlist},Flat", 4.0 * d),
         (f"IVF{nlist},SQ8", 1.0 * d),
         (f"IVF{nlist},SQ6", 0.75 * d),
-        (f"IVF{nlist},SQ4", 0.5 * d),
+        (f"IVF{nlist},RaBitQ4", 0.5 * d + 20),
         (f"IVF{nlist},PQ{m}x4fs", m / 2),
     ]
 
@@ -303,11 +304,13 @@ def near_copy_groups(vectors: np.ndarray, threshold: float) -> np.ndarray:
 def can_reconstruct(index: faiss.Index) -> bool:
     """Whether stored vectors can be read back by id: Flat, IVF with Flat or scalar-quantized
     codes, HNSW, and refine indexes (read from their refine codes). FAISS 1.15 crashes reading
-    back IVF fast-scan codes and stalls on a memory-mapped OPQ transform, so those say no."""
+    back IVF fast-scan codes and stalls on a memory-mapped OPQ transform, and RaBitQ's read-back
+    is far off (cosine 0.67 to the vector), so those say no."""
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexRefine):
         return can_reconstruct(index.refine_index)
-    if isinstance(index, (faiss.IndexIVFFastScan, faiss.IndexFastScan, faiss.IndexPreTransform)):
+    rabitq = tuple(getattr(faiss, name) for name in ("IndexIVFRaBitQ", "IndexRaBitQ") if hasattr(faiss, name))
+    if isinstance(index, (faiss.IndexIVFFastScan, faiss.IndexFastScan, faiss.IndexPreTransform, *rabitq)):
         return False
     return isinstance(index, (faiss.IndexFlat, faiss.IndexIVF, faiss.IndexHNSW, faiss.IndexScalarQuantizer))
 
