@@ -266,7 +266,10 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     result = json.loads(r.stdout)
     assert result["tweets"] == 3 and result["tokens_per_s"] > 0
     for system in ("rag", "retrieval_only", "llm_only"):
-        assert set(result[system]) >= {"bleu1", "bleu4", "rougeL"}
+        assert set(result[system]) >= {"bleu1", "bleu4", "rougeL", "near_copy_share", "novelty", "brand_voice"}
+        assert 0 <= result[system]["near_copy_share"] <= 1 and -1 <= result[system]["brand_voice"] <= 1
+    # copying the best exemplar is a copy of a past tweet, by construction
+    assert result["retrieval_only"]["near_copy_share"] == 1 and result["retrieval_only"]["novelty"] < 1e-3
     # on real tweets the brand's own exemplars and drafts share words with its tweet: a zero is a scoring bug
     assert result["retrieval_only"]["bleu1"] > 0 and result["rag"]["bleu1"] > 0
     # the tweet itself is hidden: retrieval only never copies the reference verbatim

@@ -5,7 +5,10 @@ Three systems from one retrieval per tweet, so they differ only in what they do 
 exemplars, `rag` prompts it with the exemplars. The tweet itself (every indexed copy of its
 text) and, for a dated tweet, everything from its date on are hidden from retrieval.
 BLEU is sacrebleu's corpus BLEU (13a tokenizer) with n-gram orders 1..4; ROUGE-L is
-rouge-score's F-measure, averaged over tweets.
+rouge-score's F-measure, averaged over tweets. Beside them, what a user sees: the share of drafts
+that are near-copies of a past tweet (cosine >= 0.95 to the nearest tweet from before the brief,
+the tweet itself hidden), novelty (1 - cosine to the nearest of the retrieved exemplars) and brand
+voice (cosine to the account's centroid), each averaged over tweets.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from retrieval.errors import RetrievalError
+from retrieval.tasks.generate.originality import account_centroid, brand_voice, nearest_past, novelty
 from retrieval.tasks.generate.postprocess import postprocess as clean
 from retrieval.tasks.generate.rag import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
 
@@ -64,6 +70,7 @@ def eval_generation(
     tokens = {"llm_only": 0, "rag": 0}
     seconds = {"llm_only": 0.0, "rag": 0.0, "retrieval": 0.0}
     no_exemplar = 0
+    seen: list[tuple[frozenset[int], list[str]]] = []
     briefs = [
         Brief(
             username=row["username"],
@@ -83,6 +90,7 @@ def eval_generation(
         hidden = searcher.reader.vec_ids_with_text(row["content"])
         exemplars = find_exemplars(searcher, brief, config, vector=vectors[brief.query_text()][None], exclude=hidden)
         seconds["retrieval"] += time.perf_counter() - start
+        seen.append((hidden, [e.content for e in exemplars]))
         no_exemplar += not exemplars
         outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
         for system, shown in (("llm_only", []), ("rag", exemplars)):
@@ -101,7 +109,9 @@ def eval_generation(
         "index": str(searcher.reader.path),
         "embedder": searcher.reader.embedder["name"],
         "without_exemplars": no_exemplar,
-        **{s: text_scores(outputs[s], references) for s in SYSTEMS},
+        **{
+            s: {**text_scores(outputs[s], references), **originality(searcher, outputs[s], rows, seen)} for s in SYSTEMS
+        },
         "tokens_per_s": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
         "seconds_per_tweet": {
             "retrieval": round(seconds["retrieval"] / len(rows), 3),
@@ -112,6 +122,32 @@ def eval_generation(
         "examples": [
             {"reference": references[i], **{s: outputs[s][i] for s in SYSTEMS}} for i in range(min(3, len(rows)))
         ],
+    }
+
+
+def originality(
+    searcher: Searcher,
+    drafts: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    seen: Sequence[tuple[frozenset[int], list[str]]],
+) -> dict[str, float | None]:
+    """near_copy_share, novelty and brand_voice of one system's drafts (see the module's docstring)."""
+    vectors = searcher.embedder.encode([d or " " for d in drafts])
+    centroids: dict[str, np.ndarray | None] = {}
+    copies, novel, voice = [], [], []
+    for vector, row, (hidden, exemplars) in zip(vectors, rows, seen):
+        (nearest,) = nearest_past(searcher, vector[None], before=row.get("date"), exclude=hidden)
+        copies.append(nearest is not None and nearest.near_copy)
+        shown = searcher.embedder.encode(exemplars) if exemplars else []
+        novel += [v for v in novelty(vector[None], list(shown)) if v is not None]
+        user = row["username"]
+        if user not in centroids:
+            centroids[user] = account_centroid(searcher, user)
+        voice += [v for v in brand_voice(vector[None], centroids[user]) if v is not None]
+    return {
+        "near_copy_share": round(float(np.mean(copies)), 4),
+        "novelty": round(float(np.mean(novel)), 4) if novel else None,
+        "brand_voice": round(float(np.mean(voice)), 4) if voice else None,
     }
 
 

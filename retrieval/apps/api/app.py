@@ -292,7 +292,9 @@ def _generate(index: ServedIndex, generator: Any, body: GenerateIn, on_token: An
     from retrieval.tasks.generate.rag import generate
 
     brief, config = _brief_and_config(body)
-    found, method = generate(index.searcher, generator, brief, config, candidates=body.candidates, on_token=on_token)
+    found, method = generate(
+        index.searcher, generator, brief, config, candidates=body.candidates, on_token=on_token, original=body.original
+    )
     return {
         "index": index.name,
         "model": getattr(generator, "name", None),

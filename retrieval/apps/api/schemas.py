@@ -154,6 +154,7 @@ class GenerateIn(Strict):
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)
     exemplars: int = Field(5, ge=0, le=20)
+    original: bool = Field(False, description="Generate a near-copy of a past tweet (cosine >= 0.95) again.")
     stream: bool = Field(False, description="Stream tokens as server-sent events, then the result.")
 
 

@@ -159,7 +159,8 @@ def eval_generate_cmd(
     click.echo(
         f"{result['tweets']} tweets of {input_path}, index {index_path} ({result['embedder']}), {result['model']}"
     )
-    render.metrics_table({s: result[s] for s in SYSTEMS}, ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL"), 9, ".4f")
+    metrics = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "near_copy_share", "novelty", "brand_voice")
+    render.metrics_table({s: result[s] for s in SYSTEMS}, metrics, 16, ".4f")
     per = result["seconds_per_tweet"]
     click.echo(f"tokens/s {result['tokens_per_s']}; s/tweet: rag {per['rag']}, llm_only {per['llm_only']}")
 

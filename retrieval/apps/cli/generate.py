@@ -42,6 +42,11 @@ class TokenStream:
 @click.option("--topic", default=None, help="What the tweet is about.")
 @click.option("--likes", type=click.IntRange(0), default=None, help="The likes wanted.")
 @click.option("--candidates", type=click.IntRange(1), default=1, show_default=True, help="Tweets to generate and rank.")
+@click.option(
+    "--original",
+    is_flag=True,
+    help="Generate a draft again (up to 3 times) when it is a near-copy (cosine >= 0.95) of a past tweet.",
+)
 @image_option("The picture (file or URL): CLIP describes it for --media, and its image neighbours join the exemplars.")
 @CLIP
 @GENERATION
@@ -55,6 +60,7 @@ def generate(
     topic: str | None,
     likes: int | None,
     candidates: int,
+    original: bool,
     image_path: str | None,
     clip_checkpoint: Path | None,
     clip_model: str | None,
@@ -85,7 +91,7 @@ def generate(
             media = described
         brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
         found, method = run_generate(
-            searcher, generator, brief, config, candidates=candidates, on_token=stream, image=image
+            searcher, generator, brief, config, candidates=candidates, on_token=stream, image=image, original=original
         )
         if stream:
             click.echo(err=True)

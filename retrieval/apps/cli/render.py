@@ -156,6 +156,11 @@ def candidates(found: Sequence[Any], method: str | None) -> None:
         likes_text = f"  predicted likes {c.predicted_likes:,.0f}" if c.predicted_likes is not None else ""
         click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens in {c.seconds:.1f}s){likes_text}")
         click.echo(c.text or "(the model returned no usable text)")
+        if c.nearest is not None:
+            copy = "NEAR-COPY of" if c.near_copy else "nearest past tweet"
+            voice = f"; brand voice {c.brand_voice:.2f}" if c.brand_voice is not None else ""
+            tweet = c.nearest.tweet_id if c.nearest.tweet_id is not None else c.nearest.vec_id
+            click.echo(f"  {copy} {tweet} (cosine {c.nearest.similarity:.2f}){voice}")
     if not found or not found[0].exemplars:
         click.echo("\nno past tweets found: generated from the brief alone")
         return

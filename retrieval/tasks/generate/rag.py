@@ -24,6 +24,7 @@ from retrieval.errors import RetrievalError
 from retrieval.index.filters import Filters
 from retrieval.schema import stored_media
 from retrieval.tasks.generate.llm import Generator, Messages
+from retrieval.tasks.generate.originality import Nearest, account_centroid, brand_voice, nearest_past
 from retrieval.tasks.generate.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from retrieval.query.search import Hit, Searcher
 
 log = logging.getLogger(__name__)
+
+ORIGINAL_TRIES = 3
+"""Drafts made for one candidate with `original` before a near-copy is kept, flagged."""
 
 __all__ = ["Brief", "Candidate", "Exemplar", "GenerateConfig", "Generator", "generate", "postprocess"]
 
@@ -121,11 +125,22 @@ class Candidate:
     exemplars: list[Exemplar] = field(default_factory=list)
     predicted_likes: float | None = None
     rank_score: float | None = None
+    nearest: Nearest | None = None
+    """The past tweet closest to the draft: a near-copy when their cosine reaches NEAR_COPY."""
+    brand_voice: float | None = None
+    """Cosine to the account's centroid: how much it sounds like the account's own tweets."""
+
+    @property
+    def near_copy(self) -> bool:
+        return self.nearest is not None and self.nearest.near_copy
 
     def to_json(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "seed": self.seed,
+            "near_copy": self.near_copy,
+            "nearest": self.nearest.to_json() if self.nearest else None,
+            "brand_voice": None if self.brand_voice is None else round(self.brand_voice, 4),
             "predicted_likes": None if self.predicted_likes is None else round(self.predicted_likes, 1),
             "rank_score": None if self.rank_score is None else round(self.rank_score, 4),
             "tokens": self.tokens,
@@ -350,11 +365,14 @@ def generate(
     candidates: int = 1,
     on_token: Callable[[int, str], None] | None = None,
     image: np.ndarray | None = None,
+    original: bool = False,
 ) -> tuple[list[Candidate], str | None]:
     """Tweets for the brief, best first, and how they were ranked (see rank_candidates).
 
     `image` is the CLIP vector of the brief's picture: its neighbours join the exemplars and the
-    likes prediction that ranks the candidates."""
+    likes prediction that ranks the candidates. Every draft carries its nearest past tweet (from
+    before the brief's date) and its brand-voice score; with `original` a near-copy is generated
+    again with another seed, up to ORIGINAL_TRIES times, and stays flagged if it still is one."""
     config = config or GenerateConfig()
     if candidates < 1:
         raise RetrievalError(f"candidates must be at least 1, got {candidates}")
@@ -362,14 +380,28 @@ def generate(
     exemplars = find_exemplars(searcher, brief, config, image=image)
     budget = generator.context_limit() - config.max_tokens - 32
     messages, kept, prompt_tokens = fit_messages(brief, exemplars, generator.count_tokens, budget)
-    out = []
-    for n in range(candidates):
-        seed = config.seed + n
-        sink = (lambda piece, n=n: on_token(n, piece)) if on_token else None
+    centroid = account_centroid(searcher, brief.username)
+
+    def draft(n: int, seed: int) -> Candidate:
+        sink = (lambda piece: on_token(n, piece)) if on_token else None
         raw, tokens, seconds = generator.complete(
             messages, prompt_tokens=prompt_tokens, config=config, seed=seed, on_token=sink
         )
-        out.append(Candidate(postprocess(raw, kept), raw, seed, tokens, seconds, kept))
+        text = postprocess(raw, kept)
+        vector = searcher.embedder.encode([text or " "])
+        (nearest,) = nearest_past(searcher, vector, before=brief.date)
+        (voice,) = brand_voice(vector, centroid)
+        return Candidate(text, raw, seed, tokens, seconds, kept, nearest=nearest, brand_voice=voice)
+
+    out = []
+    for n in range(candidates):
+        found = draft(n, config.seed + n)
+        for retry in range(1, ORIGINAL_TRIES if original else 1):
+            if not found.near_copy:
+                break
+            log.info("draft %d is a near-copy of tweet %s: generating again", n + 1, found.nearest.tweet_id)
+            found = draft(n, config.seed + n + retry * candidates)
+        out.append(found)
     return rank_candidates(searcher, brief, out, image=image)
 
 
