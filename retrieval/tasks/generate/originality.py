@@ -96,4 +96,4 @@ def novelty(vectors: np.ndarray, exemplars: Sequence[np.ndarray]) -> list[float 
     """1 - the cosine of each draft to its nearest exemplar: 0 for a copy, None without exemplars."""
     if not len(exemplars):
         return [None] * len(vectors)
-    return [1.0 - float(s) for s in (np.atleast_2d(vectors) @ np.asarray(exemplars).T).max(axis=1)]
+    return [max(0.0, 1.0 - float(s)) for s in (np.atleast_2d(vectors) @ np.asarray(exemplars).T).max(axis=1)]
