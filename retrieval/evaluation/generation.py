@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +71,7 @@ def eval_generation(
     tokens = {"llm_only": 0, "rag": 0}
     seconds = {"llm_only": 0.0, "rag": 0.0, "retrieval": 0.0}
     no_exemplar = 0
-    seen: list[tuple[frozenset[int], list[str]]] = []
+    found: list[tuple[frozenset[int], list[str]]] = []
     briefs = [
         Brief(
             username=row["username"],
@@ -90,7 +91,7 @@ def eval_generation(
         hidden = searcher.reader.vec_ids_with_text(row["content"])
         exemplars = find_exemplars(searcher, brief, config, vector=vectors[brief.query_text()][None], exclude=hidden)
         seconds["retrieval"] += time.perf_counter() - start
-        seen.append((hidden, [e.content for e in exemplars]))
+        found.append((hidden, [e.content for e in exemplars]))
         no_exemplar += not exemplars
         outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
         for system, shown in (("llm_only", []), ("rag", exemplars)):
@@ -102,6 +103,7 @@ def eval_generation(
         if progress:
             progress(done, len(rows))
     references = [r["content"] for r in rows]
+    seen = _judged_against(searcher, rows, found)
     gen_tokens, gen_seconds = sum(tokens.values()), seconds["llm_only"] + seconds["rag"]
     return {
         "tweets": len(rows),
@@ -125,25 +127,41 @@ def eval_generation(
     }
 
 
-def originality(
-    searcher: Searcher,
-    drafts: Sequence[str],
-    rows: Sequence[dict[str, Any]],
-    seen: Sequence[tuple[frozenset[int], list[str]]],
-) -> dict[str, float | None]:
-    """near_copy_share, novelty and brand_voice of one system's drafts (see the module's docstring)."""
-    vectors = searcher.embedder.encode([d or " " for d in drafts])
+@dataclass(frozen=True)
+class _Seen:
+    """What every system's drafts for one tweet are judged against, computed once for all three."""
+
+    hidden: frozenset[int]
+    exemplars: np.ndarray
+    """The retrieved exemplars' vectors (empty when none were found)."""
+    centroid: np.ndarray | None
+
+
+def _judged_against(
+    searcher: Searcher, rows: Sequence[dict[str, Any]], found: Sequence[tuple[frozenset[int], list[str]]]
+) -> list[_Seen]:
     centroids: dict[str, np.ndarray | None] = {}
-    copies, novel, voice = [], [], []
-    for vector, row, (hidden, exemplars) in zip(vectors, rows, seen):
-        (nearest,) = nearest_past(searcher, vector[None], before=row.get("date"), exclude=hidden)
-        copies.append(nearest is not None and nearest.near_copy)
-        shown = searcher.embedder.encode(exemplars) if exemplars else []
-        novel += [v for v in novelty(vector[None], list(shown)) if v is not None]
+    seen = []
+    for row, (hidden, exemplars) in zip(rows, found):
         user = row["username"]
         if user not in centroids:
             centroids[user] = account_centroid(searcher, user)
-        voice += [v for v in brand_voice(vector[None], centroids[user]) if v is not None]
+        shown = searcher.embedder.encode(exemplars) if exemplars else np.zeros((0, searcher.embedder.dim), "float32")
+        seen.append(_Seen(hidden, shown, centroids[user]))
+    return seen
+
+
+def originality(
+    searcher: Searcher, drafts: Sequence[str], rows: Sequence[dict[str, Any]], seen: Sequence[_Seen]
+) -> dict[str, float | None]:
+    """near_copy_share, novelty and brand_voice of one system's drafts (see the module's docstring)."""
+    vectors = searcher.embedder.encode([d or " " for d in drafts])
+    copies, novel, voice = [], [], []
+    for vector, row, judged in zip(vectors, rows, seen):
+        (nearest,) = nearest_past(searcher, vector[None], before=row.get("date"), exclude=judged.hidden)
+        copies.append(nearest is not None and nearest.near_copy)
+        novel += [v for v in novelty(vector[None], list(judged.exemplars)) if v is not None]
+        voice += [v for v in brand_voice(vector[None], judged.centroid) if v is not None]
     return {
         "near_copy_share": round(float(np.mean(copies)), 4),
         "novelty": round(float(np.mean(novel)), 4) if novel else None,

@@ -109,7 +109,7 @@ def _texts(table: pa.Table) -> tuple[list[str], np.ndarray]:
 
 
 def _memory_line(vectors: EmbeddedTexts, manifest: Manifest, new_shards: int) -> str:
-    """The sizes that bound a build's memory, so a user can trade them (`--batch`, `--shards`)."""
+    """The sizes that bound a build's memory, so a user can trade them (`--chunk`, `--shards`)."""
     largest = max((s.rows for s in manifest.text.shards[-new_shards:]), default=0) if new_shards else 0
     held = vectors.peak_held * vectors.dim * 4
     codes = largest * (manifest.text.bytes_per_vector or 0)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.embed.text import Embedder
+from retrieval.embed.text import Embedder, embedder_info
 from retrieval.errors import RetrievalError
 
 PIECE = 256
@@ -61,13 +61,10 @@ class _Worker:
         self.embedder = make()
 
     def describe(self) -> dict[str, Any]:
-        record = getattr(self.embedder, "record", None)
+        """What the manifest records about the model (`embedder_info`), and its cache key."""
         return {
-            "name": self.embedder.name,
-            "dim": self.embedder.dim,
-            "precision": getattr(self.embedder, "precision", "fp32"),
+            "info": embedder_info(self.embedder),
             "model_id": getattr(self.embedder, "model_id", self.embedder.name),
-            "record": record() if callable(record) else {},
         }
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -88,8 +85,9 @@ class RayEmbedder:
         self.actors = [actor.remote(make) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
         facts = ray.get(self.actors[0].describe.remote())
-        self.name, self.dim, self.precision = facts["name"], facts["dim"], facts["precision"]
-        self.model_id, self._record = facts["model_id"], facts["record"]
+        info = dict(facts["info"])
+        self.name, self.dim, self.precision = info.pop("name"), info.pop("dim"), info.pop("precision")
+        self.model_id, self._record = facts["model_id"], info
 
     def record(self) -> dict[str, Any]:
         return self._record
