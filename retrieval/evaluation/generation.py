@@ -1,8 +1,9 @@
 """Generation quality: each test tweet rewritten from its metadata alone, scored against the real text.
 
-Three systems from one retrieval per tweet, so they differ only in what they do with it:
+Three systems from the same retrieval, so they differ only in what they do with it:
 `retrieval_only` copies the best exemplar, `llm_only` prompts the model with the brief and no
-exemplars, `rag` prompts it with the exemplars. The tweet itself (every indexed copy of its
+exemplars, `rag` is what `generate` gives a user: its first candidate, with the same settings
+(candidates drafted and ranked, the originality guard when asked). The tweet itself (every indexed copy of its
 text) and, for a dated tweet, everything from its date on are hidden from retrieval.
 BLEU is sacrebleu's corpus BLEU (13a tokenizer) with n-gram orders 1..4; ROUGE-L is
 rouge-score's F-measure, averaged over tweets. Beside them, what a user sees: the share of drafts
@@ -26,7 +27,15 @@ import numpy as np
 from retrieval.errors import RetrievalError
 from retrieval.tasks.generate.originality import account_centroid, brand_voice, nearest_past, novelty
 from retrieval.tasks.generate.postprocess import postprocess as clean
-from retrieval.tasks.generate.rag import Brief, GenerateConfig, Generator, describe_media, find_exemplars, fit_messages
+from retrieval.tasks.generate.rag import (
+    Brief,
+    GenerateConfig,
+    Generator,
+    describe_media,
+    find_exemplars,
+    fit_messages,
+    generate,
+)
 
 if TYPE_CHECKING:
     from retrieval.query.search import Searcher
@@ -59,9 +68,13 @@ def eval_generation(
     rows: Sequence[dict[str, Any]],
     config: GenerateConfig | None = None,
     *,
+    candidates: int = 1,
+    rank: str = "consensus",
+    original: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Scores of the three systems on rows (dicts with content, username, company, date, media)."""
+    """Scores of the three systems on rows (dicts with content, username, company, date, media);
+    candidates, rank and original are `generate`'s, for the rag system."""
     config = config or GenerateConfig()
     rows = [r for r in rows if (r.get("content") or "").strip() and r.get("username")]
     if not rows:
@@ -69,7 +82,9 @@ def eval_generation(
     budget = generator.context_limit() - config.max_tokens - 32
     outputs: dict[str, list[str]] = {s: [] for s in SYSTEMS}
     tokens = {"llm_only": 0, "rag": 0}
+    decoding = {"llm_only": 0.0, "rag": 0.0}
     seconds = {"llm_only": 0.0, "rag": 0.0, "retrieval": 0.0}
+    """Wall time per system: rag's is the retrieval and the `generate` call (drafts, ranking)."""
     no_exemplar = 0
     found: list[tuple[frozenset[int], list[str]]] = []
     briefs = [
@@ -94,17 +109,32 @@ def eval_generation(
         found.append((hidden, [e.content for e in exemplars]))
         no_exemplar += not exemplars
         outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
-        for system, shown in (("llm_only", []), ("rag", exemplars)):
-            messages, kept, prompt_tokens = fit_messages(brief, shown, generator.count_tokens, budget)
-            raw, n, secs = generator.complete(messages, prompt_tokens=prompt_tokens, config=config, seed=config.seed)
-            outputs[system].append(clean(raw, kept))
-            tokens[system] += n
-            seconds[system] += secs
+        messages, _, prompt_tokens = fit_messages(brief, [], generator.count_tokens, budget)
+        raw, n, secs = generator.complete(messages, prompt_tokens=prompt_tokens, config=config, seed=config.seed)
+        outputs["llm_only"].append(clean(raw, []))
+        tokens["llm_only"] += n
+        decoding["llm_only"] += secs
+        seconds["llm_only"] += secs
+        start = time.perf_counter()
+        drafts, _ = generate(
+            searcher,
+            generator,
+            brief,
+            config,
+            candidates=candidates,
+            rank=rank,
+            original=original,
+            exemplars=exemplars,
+            exclude=hidden,
+        )
+        seconds["rag"] += time.perf_counter() - start
+        outputs["rag"].append(drafts[0].text)
+        tokens["rag"] += sum(d.tokens for d in drafts)
+        decoding["rag"] += sum(d.seconds for d in drafts)
         if progress:
             progress(done, len(rows))
     references = [r["content"] for r in rows]
     seen = _judged_against(searcher, rows, found)
-    gen_tokens, gen_seconds = sum(tokens.values()), seconds["llm_only"] + seconds["rag"]
     return {
         "tweets": len(rows),
         "model": generator.name,
@@ -114,15 +144,16 @@ def eval_generation(
         **{
             s: {**text_scores(outputs[s], references), **originality(searcher, outputs[s], rows, seen)} for s in SYSTEMS
         },
-        "tokens_per_s": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
+        "tokens_per_s": round(sum(tokens.values()) / sum(decoding.values()), 1) if sum(decoding.values()) else None,
         "seconds_per_tweet": {
             "retrieval": round(seconds["retrieval"] / len(rows), 3),
             "llm_only": round(seconds["llm_only"] / len(rows), 3),
             "rag": round((seconds["retrieval"] + seconds["rag"]) / len(rows), 3),
         },
-        "config": dataclasses.asdict(config),
+        "config": {**dataclasses.asdict(config), "candidates": candidates, "rank": rank, "original": original},
         "examples": [
-            {"reference": references[i], **{s: outputs[s][i] for s in SYSTEMS}} for i in range(min(3, len(rows)))
+            {"reference": references[i], "exemplar": (found[i][1] or [None])[0], **{s: outputs[s][i] for s in SYSTEMS}}
+            for i in range(min(10, len(rows)))
         ],
     }
 

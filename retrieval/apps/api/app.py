@@ -283,7 +283,11 @@ def _brief_and_config(body: GenerateIn) -> tuple[Any, Any]:
         topic=body.topic,
     )
     config = GenerateConfig(
-        exemplars=body.exemplars, max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed
+        exemplars=body.exemplars,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        seed=body.seed,
+        grammar=body.grammar,
     )
     return brief, config
 
@@ -293,7 +297,14 @@ def _generate(index: ServedIndex, generator: Any, body: GenerateIn, on_token: An
 
     brief, config = _brief_and_config(body)
     found, method = generate(
-        index.searcher, generator, brief, config, candidates=body.candidates, on_token=on_token, original=body.original
+        index.searcher,
+        generator,
+        brief,
+        config,
+        candidates=body.candidates,
+        rank=body.rank,
+        on_token=on_token,
+        original=body.original,
     )
     return {
         "index": index.name,

@@ -149,12 +149,17 @@ class GenerateIn(Strict):
     media: str = Field("", max_length=500, description="What the picture or video shows, in words.")
     topic: str | None = Field(None, max_length=500)
     likes: int | None = Field(None, ge=0, le=INT64)
-    candidates: int = Field(1, ge=1, le=8)
+    candidates: int = Field(3, ge=1, le=8, description="Drafts to write and rank; the first is the best.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)
     exemplars: int = Field(5, ge=0, le=20)
+    grammar: bool = Field(False, description="Sample one paragraph with at most 3 emoji in a row (slower).")
     original: bool = Field(False, description="Generate a near-copy of a past tweet (cosine >= 0.95) again.")
+    rank: Literal["consensus", "voice", "likes"] = Field(
+        "consensus",
+        description="Order candidates by consensus (what drafts and exemplars share), brand voice or predicted likes.",
+    )
     stream: bool = Field(False, description="Stream tokens as server-sent events, then the result.")
 
 

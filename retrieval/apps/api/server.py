@@ -24,7 +24,7 @@ def load(
     threads: int | None = None,
 ) -> FastAPI:
     """The app with its indexes, their text models and CLIP loaded now, so the first request is
-    as fast as the others; `llm` is a GGUF file (None: the bundled model), unless `generation`
+    as fast as the others; `llm` is a model name or GGUF file (None: the default model), unless `generation`
     is False. `app.state.indexes` and `app.state.model` say what was loaded."""
     from retrieval.query.search import index_clip
 

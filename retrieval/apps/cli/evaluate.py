@@ -8,6 +8,7 @@ import click
 
 from retrieval.apps.cli import render
 from retrieval.apps.cli.options import (
+    DRAFTS,
     EMBEDDING,
     GENERATION,
     INDEX,
@@ -124,25 +125,31 @@ def _baselines(text: str) -> tuple[str, ...]:
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip the first N tweets.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only N tweets of --input (after --offset).")
 @GENERATION
+@DRAFTS
 @JSON
 def eval_generate_cmd(
     index_path: Path,
     input_path: Path,
     offset: int,
     limit: int | None,
-    llm_path: Path | None,
+    llm_path: str | None,
     exemplars: int,
     max_tokens: int,
     temperature: float,
     seed: int,
+    grammar: bool,
+    candidates: int,
+    rank: str,
+    original: bool,
     as_json: bool,
 ) -> None:
-    """BLEU-1..4 and ROUGE-L of retrieval only, the model alone and RAG, from metadata alone."""
+    """BLEU-1..4 and ROUGE-L of retrieval only, the model alone and RAG (what `generate` gives
+    with the same options: its best candidate), from metadata alone."""
     from retrieval.evaluation.generation import SYSTEMS, eval_generation, load_rows
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import Generator
 
-    config = generate_config(max(exemplars, 1), max_tokens, temperature, seed)
+    config = generate_config(max(exemplars, 1), max_tokens, temperature, seed, grammar)
 
     def progress(done: int, total: int) -> None:
         if not as_json and (done % 10 == 0 or done == total):
@@ -151,7 +158,16 @@ def eval_generate_cmd(
     with user_errors():
         rows = load_rows(input_path, limit, offset=offset)
         with Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads()) as generator:
-            result = eval_generation(Searcher.open(index_path), generator, rows, config, progress=progress)
+            result = eval_generation(
+                Searcher.open(index_path),
+                generator,
+                rows,
+                config,
+                candidates=candidates,
+                rank=rank,
+                original=original,
+                progress=progress,
+            )
     result["input"] = str(input_path)
     if as_json:
         render.dump(result)

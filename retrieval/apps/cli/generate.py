@@ -12,6 +12,7 @@ from retrieval.apps.cli import render
 from retrieval.apps.cli.options import (
     ACCOUNT,
     CLIP,
+    DRAFTS,
     GENERATION,
     INDEX,
     JSON,
@@ -41,12 +42,7 @@ class TokenStream:
 @click.option("--media", default="", help="What the picture or video shows, in words.")
 @click.option("--topic", default=None, help="What the tweet is about.")
 @click.option("--likes", type=click.IntRange(0), default=None, help="The likes wanted.")
-@click.option("--candidates", type=click.IntRange(1), default=1, show_default=True, help="Tweets to generate and rank.")
-@click.option(
-    "--original",
-    is_flag=True,
-    help="Generate a draft again (up to 3 times) when it is a near-copy (cosine >= 0.95) of a past tweet.",
-)
+@DRAFTS
 @image_option("The picture (file or URL): CLIP describes it for --media, and its image neighbours join the exemplars.")
 @CLIP
 @GENERATION
@@ -60,15 +56,17 @@ def generate(
     topic: str | None,
     likes: int | None,
     candidates: int,
+    rank: str,
     original: bool,
     image_path: str | None,
     clip_checkpoint: Path | None,
     clip_model: str | None,
-    llm_path: Path | None,
+    llm_path: str | None,
     exemplars: int,
     max_tokens: int,
     temperature: float,
     seed: int,
+    grammar: bool,
     as_json: bool,
 ) -> None:
     """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
@@ -77,7 +75,7 @@ def generate(
     from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
     from retrieval.tasks.generate.rag import generate as run_generate
 
-    config = generate_config(exemplars, max_tokens, temperature, seed)
+    config = generate_config(exemplars, max_tokens, temperature, seed, grammar)
     stream = TokenStream() if sys.stderr.isatty() else None
     # the model first: a bad file fails before the index and CLIP load
     with user_errors(), Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads()) as generator:
@@ -91,7 +89,15 @@ def generate(
             media = described
         brief = Brief(username=username, company=company, date=date, media=media, likes=likes, topic=topic)
         found, method = run_generate(
-            searcher, generator, brief, config, candidates=candidates, on_token=stream, image=image, original=original
+            searcher,
+            generator,
+            brief,
+            config,
+            candidates=candidates,
+            rank=rank,
+            on_token=stream,
+            image=image,
+            original=original,
         )
         if stream:
             click.echo(err=True)

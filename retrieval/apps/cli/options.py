@@ -224,20 +224,48 @@ PARAMS = click.option(
     metavar="NAME=VALUE",
     help="Override a predictor setting (k, k_account, temperature, blend, ...); defaults are tuned.",
 )
+LLM = click.option(
+    "--llm",
+    "llm_path",
+    default=None,
+    metavar="smollm2|gemma3-270m|PATH",
+    help="The language model: a bundled one by name (default: smollm2, SmolLM2-135M-Instruct) or a GGUF file.",
+)
 GENERATION = combine(
-    click.option(
-        "--llm",
-        "llm_path",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="A GGUF chat model (default: the bundled SmolLM2-135M-Instruct).",
-    ),
+    LLM,
     click.option(
         "--exemplars", type=click.IntRange(0), default=5, show_default=True, help="Past tweets in the prompt."
     ),
     click.option("--max-tokens", type=click.IntRange(16), default=96, show_default=True),
     click.option("--temperature", type=click.FloatRange(0), default=0.5, show_default=True),
     click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets."),
+    click.option(
+        "--grammar",
+        is_flag=True,
+        help="Constrain sampling to one paragraph with at most 3 emoji in a row (slower; see docs/generation.md).",
+    ),
+)
+DRAFTS = combine(
+    click.option(
+        "--candidates",
+        type=click.IntRange(1),
+        default=3,
+        show_default=True,
+        help="Drafts to write and rank; the first is the best.",
+    ),
+    click.option(
+        "--rank",
+        type=click.Choice(["consensus", "voice", "likes"]),
+        default="consensus",
+        show_default=True,
+        help="Best first by consensus (shares most with the other drafts and the exemplars), brand voice"
+        " (closest to the account's own tweets) or predicted likes; near-copies of past tweets last.",
+    ),
+    click.option(
+        "--original",
+        is_flag=True,
+        help="Write a draft again (up to 3 times) when it is a near-copy (cosine >= 0.95) of a past tweet.",
+    ),
 )
 
 
@@ -304,7 +332,9 @@ def image_source(clip: Any, images: Path | None, offline: bool) -> Any:
     return ImageSource(clip, MediaFetcher(network=not offline), folder=images)
 
 
-def generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int) -> Any:
+def generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int, grammar: bool) -> Any:
     from retrieval.tasks.generate.rag import GenerateConfig
 
-    return GenerateConfig(exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    return GenerateConfig(
+        exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed, grammar=grammar
+    )

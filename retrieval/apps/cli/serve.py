@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from retrieval.apps.cli.options import CLIP, root_threads, user_errors
+from retrieval.apps.cli.options import CLIP, LLM, root_threads, user_errors
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -31,13 +31,7 @@ LOCAL = ("127.0.0.1", "localhost", "::1")
     default=None,
     help="Read the token from a file.",
 )
-@click.option(
-    "--llm",
-    "llm_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A GGUF chat model (default: the bundled one).",
-)
+@LLM
 @click.option("--no-llm", is_flag=True, help="Serve search and prediction only (no generation, less memory).")
 @click.option("--workers", type=click.IntRange(1), default=32, show_default=True, help="Requests answered at once.")
 @click.option("--cors", default=None, metavar="ORIGIN", help="Allow this origin to call the API from a browser.")
@@ -48,7 +42,7 @@ def serve(
     port: int,
     token: str | None,
     token_file: Path | None,
-    llm_path: Path | None,
+    llm_path: str | None,
     no_llm: bool,
     workers: int,
     cors: str | None,

