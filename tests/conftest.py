@@ -54,8 +54,8 @@ def _link_or_copy(source: str, target: str) -> None:
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private cache folder for the session, seeded with the models setup prepared: MPNet's
-    folder by a link (its ONNX files are keyed by its resolved path), the ONNX folders by hard
-    links (the code replaces files, never writes into them). Caches of vectors, media and
+    folder by a link (its ONNX files are keyed by its resolved path), the ONNX folders and any
+    assembled GGUF by hard links (the code replaces files, never writes into them). Caches of vectors, media and
     labels start empty. Without prepared models the session makes its own, as a user's first
     build would (minutes for MPNet)."""
     home = tmp_path_factory.getbasetemp() / "home"
@@ -65,6 +65,9 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (home / "models" / mpnet.name).symlink_to(mpnet, target_is_directory=True)
     for folder in (USER_MODELS / "onnx").glob("*") if (USER_MODELS / "onnx").is_dir() else []:
         shutil.copytree(folder, home / "models" / "onnx" / folder.name, copy_function=_link_or_copy)
+    for gguf in USER_MODELS.glob("*.gguf") if USER_MODELS.is_dir() else []:  # assembled language models
+        (home / "models").mkdir(parents=True, exist_ok=True)
+        _link_or_copy(str(gguf), str(home / "models" / gguf.name))
     return home
 
 

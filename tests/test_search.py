@@ -59,3 +59,12 @@ def test_min_score_returns_only_hits_at_or_above_it(searcher: Searcher) -> None:
     assert {h.tweet["vec_id"] for h in top[:9]} <= {h.tweet["vec_id"] for h in hits}
     with pytest.raises(RetrievalError, match="cosine similarity"):
         searcher.similar("coffee", mode="keyword", min_score=0.5)
+
+
+def test_preloaded_text_model_is_the_one_the_index_was_built_with(minilm_index: Path, searcher: Searcher) -> None:
+    fresh = Searcher.open(minilm_index)
+    fresh.preload()
+    assert fresh._loading is not None, "the load runs on another thread"
+    hits = fresh.similar("new coffee", k=3)
+    assert fresh.embedder.name == searcher.embedder.name and fresh._loading is None
+    assert [h.tweet["vec_id"] for h in hits] == [h.tweet["vec_id"] for h in searcher.similar("new coffee", k=3)]

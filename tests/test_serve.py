@@ -190,7 +190,8 @@ def test_generate_streams_tokens_then_the_ranked_result(index_path: Path, tweets
     pytest.importorskip("llama_cpp")
     from retrieval.tasks.generate.llm import Generator
 
-    client = TestClient(create_app([ServedIndex(index_path, embedder=HashEmbedder())], model=ModelQueue(Generator())))
+    model = ModelQueue(Generator("smollm2"))
+    client = TestClient(create_app([ServedIndex(index_path, embedder=HashEmbedder())], model=model))
     account = _tweet_with_text(tweets)["username"]
     body = {"index": "brand", "username": account, "media": "a photo", "max_tokens": 24, "candidates": 1}
     plain = client.post("/v1/generate", json=body).json()

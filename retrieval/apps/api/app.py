@@ -285,6 +285,7 @@ def _brief_and_config(body: GenerateIn) -> tuple[Any, Any]:
     config = GenerateConfig(
         exemplars=body.exemplars,
         max_tokens=body.max_tokens,
+        min_tokens=body.min_tokens,
         temperature=body.temperature,
         seed=body.seed,
         grammar=body.grammar,

@@ -135,6 +135,7 @@ def eval_generate_cmd(
     llm_path: str | None,
     exemplars: int,
     max_tokens: int,
+    min_tokens: int,
     temperature: float,
     seed: int,
     grammar: bool,
@@ -149,7 +150,7 @@ def eval_generate_cmd(
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import Generator
 
-    config = generate_config(max(exemplars, 1), max_tokens, temperature, seed, grammar)
+    config = generate_config(max(exemplars, 1), max_tokens, min_tokens, temperature, seed, grammar)
 
     def progress(done: int, total: int) -> None:
         if not as_json and (done % 10 == 0 or done == total):

@@ -64,6 +64,7 @@ def generate(
     llm_path: str | None,
     exemplars: int,
     max_tokens: int,
+    min_tokens: int,
     temperature: float,
     seed: int,
     grammar: bool,
@@ -75,12 +76,14 @@ def generate(
     from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
     from retrieval.tasks.generate.rag import generate as run_generate
 
-    config = generate_config(exemplars, max_tokens, temperature, seed, grammar)
+    config = generate_config(exemplars, max_tokens, min_tokens, temperature, seed, grammar)
     stream = TokenStream() if sys.stderr.isatty() else None
-    # the model first: a bad file fails before the index and CLIP load
-    with user_errors(), Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads()) as generator:
+    with user_errors():
         clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
         searcher = Searcher.open(index_path, clip=clip)
+        searcher.preload()  # the text model loads while the language model does
+        generator = Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
+    with user_errors(), generator:
         image = None
         if image_path is not None:
             described, image = image_for_brief(searcher, load_image(image_path), media)

@@ -229,7 +229,8 @@ LLM = click.option(
     "llm_path",
     default=None,
     metavar="smollm2|gemma3-270m|PATH",
-    help="The language model: a bundled one by name (default: smollm2, SmolLM2-135M-Instruct) or a GGUF file.",
+    help="The language model: a packaged one by name (default: gemma3-270m; smollm2 is SmolLM2-135M-Instruct)"
+    " or a GGUF file.",
 )
 GENERATION = combine(
     LLM,
@@ -237,6 +238,13 @@ GENERATION = combine(
         "--exemplars", type=click.IntRange(0), default=5, show_default=True, help="Past tweets in the prompt."
     ),
     click.option("--max-tokens", type=click.IntRange(16), default=96, show_default=True),
+    click.option(
+        "--min-tokens",
+        type=click.IntRange(0),
+        default=24,
+        show_default=True,
+        help="Tokens before a draft may end (a base model such as Gemma ends its line early).",
+    ),
     click.option("--temperature", type=click.FloatRange(0), default=0.5, show_default=True),
     click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets."),
     click.option(
@@ -332,9 +340,16 @@ def image_source(clip: Any, images: Path | None, offline: bool) -> Any:
     return ImageSource(clip, MediaFetcher(network=not offline), folder=images)
 
 
-def generate_config(exemplars: int, max_tokens: int, temperature: float, seed: int, grammar: bool) -> Any:
+def generate_config(
+    exemplars: int, max_tokens: int, min_tokens: int, temperature: float, seed: int, grammar: bool
+) -> Any:
     from retrieval.tasks.generate.rag import GenerateConfig
 
     return GenerateConfig(
-        exemplars=exemplars, max_tokens=max_tokens, temperature=temperature, seed=seed, grammar=grammar
+        exemplars=exemplars,
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        temperature=temperature,
+        seed=seed,
+        grammar=grammar,
     )
