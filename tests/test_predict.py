@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
@@ -152,6 +153,21 @@ def test_unknown_account_falls_back_to_company_then_base(history: IndexHistory, 
     by_company, alone = predict_likes(history, vectors[:2], [Query("nobody_at_all", "CNN"), Query("nobody_at_all")])
     assert by_company.prior.source == "company" and by_company.prior.company_tweets > 0
     assert alone.prior.source == "base" and 0 < alone.log_likes < 15
+    # a new account's interval holds the spread of its company's accounts, which residuals do not
+    z, stats = NormalDist().inv_cdf(0.9), history.stats(None)
+    assert stats.account_spread("CNN") > 0.1
+    assert by_company.log_high - by_company.log_likes >= z * stats.account_spread("CNN") - 1e-9
+    assert alone.log_high - alone.log_likes >= z * stats.account_spread(None) - 1e-9
+
+
+def test_account_spread_is_within_the_company_else_among_all_accounts() -> None:
+    from retrieval.query.levels import GroupStats
+
+    accounts = {"a": (2, 2.0), "b": (1, 3.0), "c": (4, 20.0)}  # means 1, 3 and 5
+    stats = GroupStats(accounts, {}, {"a": "x", "b": "x", "c": "y"}, 7, 25.0, 0.0)
+    assert stats.account_spread("X") == pytest.approx(1.0)  # case-insensitive, as companies match
+    assert stats.account_spread("y") == pytest.approx(math.sqrt(8 / 3))  # one account: all of them
+    assert stats.account_spread(None) == pytest.approx(math.sqrt(8 / 3))
 
 
 def test_bad_input_is_a_retrieval_error(
@@ -174,6 +190,15 @@ def test_cross_validation_beats_the_global_median(labelled: pa.Table, extra: pa.
     assert 0.6 <= plain["coverage_80"] <= 0.95 and plain["spearman"] > 0.5
     with_extra = cross_validate_likes(labelled, vectors, extra=extra, baselines=())
     assert with_extra["extra_rows"] == EXTRA and set(with_extra) >= set(LIKES_METRICS)
+    new = cross_validate_likes(labelled, vectors, split="accounts", baselines=("account_median",))
+    assert new["split"] == "accounts" and new["tweets"] + new["skipped_no_history"] == SAMPLE
+    # a brand never seen is harder: its level is only its company's, or that of tweets like it
+    assert (
+        new["rmse_log1p"] > plain["rmse_log1p"]
+        and new["baselines"]["account_median"]["rmse_log1p"] > (plain["baselines"]["account_median"]["rmse_log1p"])
+    )
+    with pytest.raises(RetrievalError, match="split 'brands'"):
+        cross_validate_likes(labelled, vectors, split="brands")
 
 
 def test_index_form_scores_held_out_tweets(tmp_path: Path, labelled: pa.Table, vectors) -> None:

@@ -183,6 +183,7 @@ def cross_validate_likes(
     extra: pa.Table | None = None,
     folds: int = 5,
     seed: int = 0,
+    split: str = "tweets",
     config: PredictConfig | None = None,
     baselines: Sequence[str] = BASELINES,
 ) -> dict[str, Any]:
@@ -190,6 +191,10 @@ def cross_validate_likes(
 
     `vectors` has one row per row of `table` with text. `extra` rows (likes; their text is
     ignored) join every fold's history as metadata-only rows: priors, never neighbours.
+    `split="accounts"` puts all tweets of an account in one fold, so each is predicted as a
+    brand the history never saw (its company's level, or the level of tweets like it): the
+    new-account regime, which tweet folds mix in with the known accounts. Extra rows of a
+    held-out account are hidden with it.
     """
     config = config or PredictConfig()
     table, vectors = _scorable(table, vectors)
@@ -202,14 +207,13 @@ def cross_validate_likes(
         )
         table = pa.concat_tables([table, no_text])
     history = ArrayHistory(table, vectors)
-    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    fold_of = _folds(history, n, folds, seed, split)
     y, knn, found = [], [], {name: [] for name in baselines}
     skipped = 0
     for f in range(folds):
-        visible = np.ones(len(history.values), bool)
-        visible[:n] = fold_of != f
+        visible = fold_of != f
         fold = history.restrict(visible)
-        test = np.flatnonzero(fold_of == f)
+        test = np.flatnonzero(fold_of[:n] == f)
         ok = _with_history(fold, [history.queries[i] for i in test])
         skipped += int((~ok).sum())
         test = test[ok]
@@ -224,11 +228,30 @@ def cross_validate_likes(
         found,
         form="cross-validation",
         folds=folds,
+        split=split,
         seed=seed,
         skipped_no_history=skipped,
         extra_rows=len(history.values) - n,
         config=asdict(config),
     )
+
+
+SPLITS = ("tweets", "accounts")
+
+
+def _folds(history: ArrayHistory, n: int, folds: int, seed: int, split: str) -> np.ndarray:
+    """The fold of each history row: the first n (the scored tweets) by tweet or by account;
+    extra rows share their account's fold (used only when folds are by account)."""
+    if split == "tweets":
+        extra = np.full(len(history.values) - n, -1)
+        return np.concatenate([np.random.default_rng(seed).permutation(n) % folds, extra])
+    if split != "accounts":
+        raise RetrievalError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+    accounts = sorted({u for u in history.usernames[:n] if u is not None})
+    if len(accounts) < folds:
+        raise RetrievalError(f"{len(accounts)} accounts: too few for {folds} folds by account")
+    fold_of_account = dict(zip(accounts, np.random.default_rng(seed).permutation(len(accounts)) % folds))
+    return np.array([fold_of_account.get(u, -1) if u is not None else -1 for u in history.usernames])
 
 
 def likes_cv_on_file(
@@ -238,6 +261,7 @@ def likes_cv_on_file(
     extra: str | Path | None = None,
     folds: int = 5,
     seed: int = 0,
+    split: str = "tweets",
     config: PredictConfig | None = None,
     baselines: Sequence[str] = BASELINES,
 ) -> dict[str, Any]:
@@ -247,7 +271,7 @@ def likes_cv_on_file(
     extra_rows = load_tweets(extra, require_text=False).table if extra else None
     vectors = embedder.encode(table.column("content").to_pylist())
     result = cross_validate_likes(
-        table, vectors, extra=extra_rows, folds=folds, seed=seed, config=config, baselines=baselines
+        table, vectors, extra=extra_rows, folds=folds, seed=seed, split=split, config=config, baselines=baselines
     )
     return {**result, "input": str(path)}
 

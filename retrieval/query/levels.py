@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 ACCOUNT_SHRINK = 0.75
 """Pseudo-count pulling an account's mean towards its company's (tuned by CV, docs/likes.md)."""
@@ -70,6 +71,24 @@ class GroupStats:
     @property
     def std(self) -> float:
         return math.sqrt(max(self.total_sq / self.count - self.mean**2, 0.0)) if self.count else 1.0
+
+    def account_spread(self, company: str | None) -> float:
+        """The spread (std) of the account means within `company`, or among all accounts when it
+        has fewer than two: how far a new account's level may fall from the level it borrows.
+        Neighbours' residuals, measured against their own accounts, do not hold this part."""
+        means = self._account_means.get(key(company) or "", [])
+        if len(means) < 2:
+            means = [m for group in self._account_means.values() for m in group]
+        return float(math.sqrt(sum((m - sum(means) / len(means)) ** 2 for m in means) / len(means))) if means else 0.0
+
+    @cached_property
+    def _account_means(self) -> dict[str, list[float]]:
+        """Mean log1p(likes) of each account with tweets, grouped by company ("" for none)."""
+        out: dict[str, list[float]] = {}
+        for user, (n, total) in self.accounts.items():
+            if n:
+                out.setdefault(self.account_company.get(user) or "", []).append(total / n)
+        return out
 
     def prior(
         self,

@@ -63,6 +63,13 @@ def eval_search_cmd(index_path: Path, nprobe: int | None, space: str, as_json: b
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
 @click.option(
+    "--split",
+    type=click.Choice(["tweets", "accounts"]),
+    default="tweets",
+    show_default=True,
+    help="With --input: folds of tweets, or of accounts (each tweet then from an account its history never saw).",
+)
+@click.option(
     "--baselines",
     default="global_median,account_median,gbm",
     show_default=True,
@@ -79,6 +86,7 @@ def eval_likes_cmd(
     model: str,
     folds: int,
     seed: int,
+    split: str,
     baselines: str,
     batch_size: int,
     precision: str | None,
@@ -91,6 +99,8 @@ def eval_likes_cmd(
 
     if not ((input_path and not index_path and not test_path) or (not input_path and index_path and test_path)):
         raise click.UsageError("give either --input FILE, or --index DIR with --test FILE")
+    if split != "tweets" and input_path is None:
+        raise click.UsageError("--split goes with --input (cross-validation)")
     if extra_path is not None and input_path is None:
         raise click.UsageError("--extra goes with --input; for an index, `index add FILE --allow-missing-text`")
     chosen, config = _baselines(baselines), parse_params(params)
@@ -98,14 +108,21 @@ def eval_likes_cmd(
         if input_path is not None:
             embedder = text_embedder(model, batch_size, precision, no_cache)
             result = likes_cv_on_file(
-                input_path, embedder, extra=extra_path, folds=folds, seed=seed, config=config, baselines=chosen
+                input_path,
+                embedder,
+                extra=extra_path,
+                folds=folds,
+                seed=seed,
+                split=split,
+                config=config,
+                baselines=chosen,
             )
         else:
             result = likes_on_index_file(index_path, test_path, config=config, baselines=chosen)
     if as_json:
         render.dump(result)
         return
-    source = f"{folds}-fold CV on {input_path}" if input_path else f"{index_path} predicting {test_path}"
+    source = f"{folds}-fold CV by {split} on {input_path}" if input_path else f"{index_path} predicting {test_path}"
     click.echo(f"{source}: {result['tweets']} tweets scored, {result['skipped_no_history']} with no earlier history")
     render.metrics_table({"knn": result, **result["baselines"]}, LIKES_METRICS, 13)
 

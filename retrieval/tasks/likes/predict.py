@@ -9,6 +9,8 @@ estimate starts from the account and lets the text move it. On y = log1p(likes):
     residuals      r_j = y_j - m_{a_j, -j}                     (neighbour's own prior, itself left out)
     estimate       y^ = m_a + blend * sum_j w_j r_j
     80% interval   y^ + scale * (Q_w(r, 0.1) - sum_j w_j r_j,  Q_w(r, 0.9) - sum_j w_j r_j)
+                   widened, for an account with no tweets, by z_0.9 * (std of its company's account
+                   means) in quadrature: the level it borrows is uncertain too
 
 S and n are sums of y and counts over every tweet with likes the history may see,
 metadata-only rows (likes without text) included, so those feed the priors without
@@ -61,7 +63,7 @@ class PredictConfig:
     """Pseudo-count pulling a company's mean towards the base level."""
     content_level: float = 1.0
     """How far the base level moves from the global mean towards the neighbours' raw mean."""
-    interval_scale: float = 1.1
+    interval_scale: float = 1.05
     """Residual-scale factor of the interval, tuned so 80% intervals cover about 80%."""
     level: float = 0.8
     """Nominal coverage of the interval."""
@@ -252,6 +254,9 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
     else:  # too few neighbours for quantiles: a normal interval with the visible spread
         z = NormalDist().inv_cdf(1 - tail) * stats.std * config.interval_scale
         low, high = -z, z
+    if prior.source != "account":  # a new account: where its level falls among its company's is unknown too
+        spread = NormalDist().inv_cdf(1 - tail) * stats.account_spread(prior.company)
+        low, high = -math.hypot(min(float(low), 0.0), spread), math.hypot(max(float(high), 0.0), spread)
     rows = found.rows or [{} for _ in found.ids]
     spaces = found.spaces or ["text"] * len(found.ids)
     neighbours = [
