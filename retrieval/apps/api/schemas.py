@@ -153,7 +153,7 @@ class GenerateIn(Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)
-    min_tokens: int = Field(24, ge=0, le=256, description="Tokens before a draft may end (base models end early).")
+    min_tokens: int = Field(32, ge=0, le=256, description="Tokens before a draft may end (base models end early).")
     exemplars: int = Field(5, ge=0, le=20)
     grammar: bool = Field(False, description="Sample one paragraph with at most 3 emoji in a row (slower).")
     original: bool = Field(False, description="Generate a near-copy of a past tweet (cosine >= 0.95) again.")

@@ -241,7 +241,7 @@ GENERATION = combine(
     click.option(
         "--min-tokens",
         type=click.IntRange(0),
-        default=24,
+        default=32,
         show_default=True,
         help="Tokens before a draft may end (a base model such as Gemma ends its line early).",
     ),
