@@ -291,11 +291,17 @@ def test_line_ends_wait_for_min_tokens_and_their_ids_are_cached(gemma) -> None:
     records = list((cache_dir() / "models").glob(f"{gemma.path.stem}.*.enders.json"))
     assert len(records) == 1
     ids = json.loads(records[0].read_text())
+    import llama_cpp
+
     llm = gemma._llm
-    assert llm.token_eos() in ids and all(b"\n" in llm.detokenize([i]) for i in ids if i != llm.token_eos())
+    ends = {i for i in ids if llama_cpp.llama_vocab_is_eog(llm._model.vocab, i)}
+    assert llm.token_eos() in ends and len(ends) >= 2, "Gemma's end of turn ends generation too"
+    assert all(b"\n" in llm.detokenize([i]) for i in set(ids) - ends)
     assert len(ids) > 10, "runs of line breaks are tokens of their own"
     records[0].write_text("[7]")  # a later Generator of the same file reads the record instead of scanning
     assert gemma._ender_ids(llm) == [7]
+    records[0].write_text(f"[{llm.n_vocab()}]")  # not a token of this model: scanned again
+    assert gemma._ender_ids(llm) == ids
     records[0].unlink()
 
 

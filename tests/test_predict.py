@@ -197,6 +197,12 @@ def test_cross_validation_beats_the_global_median(labelled: pa.Table, extra: pa.
         new["rmse_log1p"] > plain["rmse_log1p"]
         and new["baselines"]["account_median"]["rmse_log1p"] > (plain["baselines"]["account_median"]["rmse_log1p"])
     )
+    users = labelled.column("username").to_pylist()
+    anonymous = labelled.set_column(
+        labelled.schema.get_field_index("username"), "username", pa.array([None] * 10 + users[10:], pa.string())
+    )
+    counted = cross_validate_likes(anonymous, vectors, split="accounts", baselines=())
+    assert counted["tweets"] + counted["skipped_no_history"] == SAMPLE, "a tweet without an account is scored too"
     with pytest.raises(RetrievalError, match="split 'brands'"):
         cross_validate_likes(labelled, vectors, split="brands")
 

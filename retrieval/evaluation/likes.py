@@ -240,8 +240,9 @@ SPLITS = ("tweets", "accounts")
 
 
 def _folds(history: ArrayHistory, n: int, folds: int, seed: int, split: str) -> np.ndarray:
-    """The fold of each history row: the first n (the scored tweets) by tweet or by account;
-    extra rows share their account's fold (used only when folds are by account)."""
+    """The fold of each history row: the first n (the scored tweets) by tweet or by account (a
+    tweet without an account by itself); extra rows share their account's fold when folds are by
+    account, and are always visible otherwise (-1)."""
     if split == "tweets":
         extra = np.full(len(history.values) - n, -1)
         return np.concatenate([np.random.default_rng(seed).permutation(n) % folds, extra])
@@ -250,8 +251,13 @@ def _folds(history: ArrayHistory, n: int, folds: int, seed: int, split: str) -> 
     accounts = sorted({u for u in history.usernames[:n] if u is not None})
     if len(accounts) < folds:
         raise RetrievalError(f"{len(accounts)} accounts: too few for {folds} folds by account")
-    fold_of_account = dict(zip(accounts, np.random.default_rng(seed).permutation(len(accounts)) % folds))
-    return np.array([fold_of_account.get(u, -1) if u is not None else -1 for u in history.usernames])
+    rng = np.random.default_rng(seed)
+    fold_of_account = dict(zip(accounts, rng.permutation(len(accounts)) % folds))
+    by_row = rng.permutation(len(history.values)) % folds
+    fold_of = np.array([fold_of_account.get(u, -1) if u is not None else -1 for u in history.usernames])
+    alone = np.array([u is None for u in history.usernames[:n]], dtype=bool)
+    fold_of[:n][alone] = by_row[:n][alone]
+    return fold_of
 
 
 def likes_cv_on_file(

@@ -74,20 +74,22 @@ class GroupStats:
 
     def account_spread(self, company: str | None) -> float:
         """The spread (std) of the account means within `company`, or among all accounts when it
-        has fewer than two: how far a new account's level may fall from the level it borrows.
-        Neighbours' residuals, measured against their own accounts, do not hold this part."""
-        means = self._account_means.get(key(company) or "", [])
-        if len(means) < 2:
-            means = [m for group in self._account_means.values() for m in group]
-        return float(math.sqrt(sum((m - sum(means) / len(means)) ** 2 for m in means) / len(means))) if means else 0.0
+        has fewer than two (or none is given): how far a new account's level may fall from the
+        level it borrows. Neighbours' residuals, measured against their own accounts, do not
+        hold this part."""
+        spreads = self._account_spreads
+        return spreads.get(key(company) or "", spreads[""]) if company else spreads[""]
 
     @cached_property
-    def _account_means(self) -> dict[str, list[float]]:
-        """Mean log1p(likes) of each account with tweets, grouped by company ("" for none)."""
-        out: dict[str, list[float]] = {}
+    def _account_spreads(self) -> dict[str, float]:
+        """Std of the account means per company with at least two accounts; "" for all accounts."""
+        groups: dict[str, list[float]] = {}
         for user, (n, total) in self.accounts.items():
-            if n:
-                out.setdefault(self.account_company.get(user) or "", []).append(total / n)
+            if n and (company := self.account_company.get(user)):
+                groups.setdefault(company, []).append(total / n)
+        every = [total / n for n, total in self.accounts.values() if n]
+        out = {name: _std(means) for name, means in groups.items() if len(means) >= 2}
+        out[""] = _std(every)
         return out
 
     def prior(
@@ -112,3 +114,10 @@ class GroupStats:
         m_a = (s_a + account_shrink * m_c) / (n_a + account_shrink)
         source = "account" if n_a > 0 else "company" if n_c > 0 else "base"
         return Prior(m_a, source, n_a, n_c, comp)
+
+
+def _std(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))

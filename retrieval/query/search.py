@@ -129,8 +129,9 @@ class Searcher:
     @property
     def embedder(self) -> Embedder:
         """The text model the index was built with, loaded when first needed."""
-        if self._loading is not None:
-            self._loading.join()
+        loading = self._loading
+        if loading is not None:
+            loading.join()
             self._loading = None
         if self._embedder is None:
             self._embedder = self._load_embedder()

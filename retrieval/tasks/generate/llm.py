@@ -223,17 +223,24 @@ class Generator:
         return LogitsProcessorList([hold])
 
     def _ender_ids(self, llm: Llama) -> list[int]:
-        """The end of text and every token whose text holds a line break. Finding them scans the
+        """Every token that ends generation (llama.cpp stops at any of them: Gemma's end of text and
+        end of turn) and every token whose text holds a line break. Finding them scans the
         whole vocabulary (1.1 s for Gemma's 262,144 tokens, on every CLI call), so the list is
         kept in the model cache, under a key of the file's path, size and modification time."""
         stat = self.path.stat()
         key = hashlib.sha256(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         record = cache_dir() / "models" / f"{self.path.stem}.{key}.enders.json"
+        n_vocab = llm.n_vocab()
         try:
-            return [int(i) for i in json.loads(record.read_text())]
+            ids = [int(i) for i in json.loads(record.read_text())]
+            if all(0 <= i < n_vocab for i in ids):
+                return ids
         except (OSError, ValueError, TypeError):
             pass
-        ids = [i for i in range(llm.n_vocab()) if b"\n" in llm.detokenize([i])] + [llm.token_eos()]
+        vocab = llm._model.vocab
+        ids = [
+            i for i in range(n_vocab) if self._llama_cpp.llama_vocab_is_eog(vocab, i) or b"\n" in llm.detokenize([i])
+        ]
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
