@@ -29,7 +29,13 @@ import pyarrow as pa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from retrieval.evaluation.likes import Estimates, _median_baselines, likes_metrics  # noqa: E402
+from retrieval.evaluation.likes import (  # noqa: E402
+    Estimates,
+    _folds,
+    _median_baselines,
+    _with_history,
+    likes_metrics,
+)
 from retrieval.index.reader import IndexReader  # noqa: E402
 from retrieval.io.tweets import load_tweets  # noqa: E402
 from retrieval.tasks.likes.history import ArrayHistory  # noqa: E402
@@ -131,22 +137,25 @@ def main() -> None:
     features = Features(history, table.column("content").to_pylist(), media)
 
     start = time.perf_counter()
-    fold_of = np.random.default_rng(0).permutation(n) % args.folds
+    fold_of = _folds(history, n, args.folds, 0, "tweets")  # the folds of `eval likes --input`
+
+    def with_history(part: ArrayHistory, rows: np.ndarray) -> np.ndarray:
+        return rows[_with_history(part, [history.queries[r] for r in rows])]
+
     parts: dict[str, list[Estimates]] = {"account_median": [], "knn": [], "stacked": []}
     y, source = [], []
     for f in range(args.folds):
-        visible = np.ones(len(history.values), bool)
-        visible[:n] = fold_of != f
+        visible = fold_of != f
         fold = history.restrict(visible)
-        test = np.array([i for i in np.flatnonzero(fold_of == f) if fold.seen(history.queries[i].date).any()])
-        train = np.flatnonzero(fold_of != f)
+        test = with_history(fold, np.flatnonzero(fold_of[:n] == f))
+        train = np.flatnonzero(fold_of[:n] != f)
         inner = np.random.default_rng(1 + f).permutation(len(train)) % 5
         xs, ys = [], []
         for g in range(5):
             hidden = visible.copy()
             hidden[train[inner == g]] = False
             part = fold.restrict(hidden)
-            rows = np.array([r for r in train[inner == g] if part.seen(history.queries[r].date).any()])
+            rows = with_history(part, train[inner == g])
             xs.append(features(part, rows)[0])
             ys.append(history.values[rows])
         x_test, _ = features(fold, test)

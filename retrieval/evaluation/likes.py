@@ -253,10 +253,9 @@ def _folds(history: ArrayHistory, n: int, folds: int, seed: int, split: str) -> 
         raise RetrievalError(f"{len(accounts)} accounts: too few for {folds} folds by account")
     rng = np.random.default_rng(seed)
     fold_of_account = dict(zip(accounts, rng.permutation(len(accounts)) % folds))
-    by_row = rng.permutation(len(history.values)) % folds
     fold_of = np.array([fold_of_account.get(u, -1) if u is not None else -1 for u in history.usernames])
     alone = np.array([u is None for u in history.usernames[:n]], dtype=bool)
-    fold_of[:n][alone] = by_row[:n][alone]
+    fold_of[:n][alone] = (rng.permutation(n) % folds)[alone]
     return fold_of
 
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from statistics import pstdev
 
 ACCOUNT_SHRINK = 0.75
 """Pseudo-count pulling an account's mean towards its company's (tuned by CV, docs/likes.md)."""
@@ -88,8 +89,8 @@ class GroupStats:
             if n and (company := self.account_company.get(user)):
                 groups.setdefault(company, []).append(total / n)
         every = [total / n for n, total in self.accounts.values() if n]
-        out = {name: _std(means) for name, means in groups.items() if len(means) >= 2}
-        out[""] = _std(every)
+        out = {name: pstdev(means) for name, means in groups.items() if len(means) >= 2}
+        out[""] = pstdev(every) if every else 0.0
         return out
 
     def prior(
@@ -114,10 +115,3 @@ class GroupStats:
         m_a = (s_a + account_shrink * m_c) / (n_a + account_shrink)
         source = "account" if n_a > 0 else "company" if n_c > 0 else "base"
         return Prior(m_a, source, n_a, n_c, comp)
-
-
-def _std(values: list[float]) -> float:
-    if not values:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
