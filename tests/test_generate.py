@@ -202,12 +202,16 @@ def test_real_model_is_deterministic_and_postprocessed(
     user, _ = _busiest_account(sample_parquet)
     config = GenerateConfig(exemplars=3, max_tokens=24, seed=7)
     brief = Brief(user, media="photo of a new sandwich")
-    streamed: list[str] = []
-    first, method = generate(searcher, generator, brief, config, candidates=2, on_token=lambda n, p: streamed.append(p))
+    streamed: dict[int, str] = {}
+
+    def stream(n: int, piece: str) -> None:
+        streamed[n] = streamed.get(n, "") + piece
+
+    first, method = generate(searcher, generator, brief, config, candidates=2, on_token=stream)
     again, _ = generate(searcher, generator, brief, config, candidates=2)
     assert method == "consensus" and len(first) == 2  # the exemplars make two drafts comparable
     assert [c.text for c in first] == [c.text for c in again]
-    assert "".join(streamed) == "".join(c.raw for c in sorted(first, key=lambda c: c.seed))
+    assert [streamed[n] for n in range(2)] == [c.raw for c in sorted(first, key=lambda c: c.seed)]
     for c in first:
         assert c.text and len(c.text) <= MAX_CHARS and c.tokens <= 24
         assert [e.username for e in c.exemplars] == [user] * 3
@@ -220,7 +224,7 @@ def test_real_model_is_deterministic_and_postprocessed(
 def test_real_model_stops_at_max_chars(generator) -> None:
     config = GenerateConfig(max_tokens=64, max_chars=20, temperature=0.0)
     messages = build_messages(Brief("Brand", media="a photo"), [ex("A long tweet " * 10)])
-    raw, tokens, _ = generator.complete(messages, prompt_tokens=200, config=config, seed=0)
+    raw, tokens, _ = generator.complete(messages, config=config, seed=0)
     assert tokens < 64 and 0 < len(raw) <= 20 + 16  # stops within a token of the limit
 
 
@@ -232,10 +236,10 @@ def test_grammar_keeps_a_draft_to_one_paragraph_without_emoji_runs(generator) ->
     soup = ex("Party time 🎉🎉🎉🎉🎉🎉\n\nmore 🎊🎊🎊🎊🎊")
     messages = build_messages(Brief("Brand", media="a photo"), [soup, soup])
     free = GenerateConfig(max_tokens=48, temperature=0.0, stop=())
-    raw, _, _ = generator.complete(messages, prompt_tokens=200, config=free, seed=0)
+    raw, _, _ = generator.complete(messages, config=free, seed=0)
     assert "\n" in raw or _EMOJI_RUN.search(raw), "without the grammar the model copies the soup"
     ruled = dataclasses.replace(free, grammar=True)
-    raw, tokens, _ = generator.complete(messages, prompt_tokens=200, config=ruled, seed=0)
+    raw, tokens, _ = generator.complete(messages, config=ruled, seed=0)
     assert raw.strip() and "\n" not in raw and not _EMOJI_RUN.search(raw)
 
 
@@ -274,7 +278,7 @@ def test_gemma_by_name_assembles_once_and_is_prompted_as_text(gemma) -> None:
     assert gemma.name == "gemma-3-270m-q4_k_m.gguf" and not gemma.chat, "a base model: no chat template"
     messages = build_messages(Brief("Brand", media="a photo"), [ex("Fresh from the oven. <hyperlink>")] * 2)
     config = GenerateConfig(max_tokens=24, temperature=0.0)
-    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=config, seed=0)
+    raw, tokens, _ = gemma.complete(messages, config=config, seed=0)
     assert raw.strip() and "\n" not in raw and 0 < tokens <= 24
 
 
@@ -283,25 +287,25 @@ def test_line_ends_wait_for_min_tokens_and_their_ids_are_cached(gemma) -> None:
 
     messages = build_messages(Brief("Brand", media="a photo"), [ex("Hi! <hyperlink>"), ex("New. <hyperlink>")])
     free = GenerateConfig(max_tokens=40, min_tokens=0, temperature=0.0)
-    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=free, seed=0)
+    raw, tokens, _ = gemma.complete(messages, config=free, seed=0)
     assert tokens < 16, "short exemplars, a short reply"
     held = dataclasses.replace(free, min_tokens=16)
-    raw, tokens, _ = gemma.complete(messages, prompt_tokens=120, config=held, seed=0)
+    raw, tokens, _ = gemma.complete(messages, config=held, seed=0)
     assert tokens >= 16 and "\n" not in raw
     records = list((cache_dir() / "models").glob(f"{gemma.path.stem}.*.enders.json"))
     assert len(records) == 1
     ids = json.loads(records[0].read_text())
     import llama_cpp
 
-    llm = gemma._llm
-    ends = {i for i in ids if llama_cpp.llama_vocab_is_eog(llm._model.vocab, i)}
-    assert llm.token_eos() in ends and len(ends) >= 2, "Gemma's end of turn ends generation too"
-    assert all(b"\n" in llm.detokenize([i]) for i in set(ids) - ends)
+    model = gemma._llm
+    ends = {i for i in ids if llama_cpp.llama_vocab_is_eog(model.vocab, i)}
+    assert model.token_eos() in ends and len(ends) >= 2, "Gemma's end of turn ends generation too"
+    assert all(b"\n" in model.detokenize([i]) for i in set(ids) - ends)
     assert len(ids) > 10, "runs of line breaks are tokens of their own"
     records[0].write_text("[7]")  # a later Generator of the same file reads the record instead of scanning
-    assert gemma._ender_ids(llm) == [7]
-    records[0].write_text(f"[{llm.n_vocab()}]")  # not a token of this model: scanned again
-    assert gemma._ender_ids(llm) == ids
+    assert gemma._ender_ids(model) == [7]
+    records[0].write_text(f"[{model.n_vocab()}]")  # not a token of this model: scanned again
+    assert gemma._ender_ids(model) == ids
     records[0].unlink()
 
 
@@ -378,7 +382,9 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["tweets"] == 3 and result["tokens_per_s"] > 0
-    assert (result["config"]["candidates"], result["config"]["rank"]) == (3, "consensus"), "rag is generate's default"
+    from retrieval.tasks.generate.rag import DEFAULT_CANDIDATES
+
+    assert (result["config"]["candidates"], result["config"]["rank"]) == (DEFAULT_CANDIDATES, "consensus")
     assert all(e["exemplar"] == e["retrieval_only"] for e in result["examples"]), "the exemplar each draft cites first"
     for system in ("rag", "retrieval_only", "llm_only"):
         assert set(result[system]) >= {"bleu1", "bleu4", "rougeL", "near_copy_share", "novelty", "brand_voice"}
@@ -393,3 +399,98 @@ def test_cli_generate_and_eval(minilm_index: Path, sample_parquet: Path, tmp_pat
 
     expected = [r["content"] for r in load_rows(sample_parquet, 3, offset=100)]
     assert [e["reference"] for e in result["examples"]] == expected  # --offset 100 --limit 3: rows 100-102
+
+
+def test_a_draft_ends_at_a_stop_string_the_character_limit_or_the_token_limit() -> None:
+    from retrieval.tasks.generate.decode import _Draft, _grow
+
+    draft = _Draft()
+    assert _grow(draft, "Fresh bread", ("\n",), 300, 96) == "Fresh bread" and not draft.done
+    assert _grow(draft, " today\nand more", ("\n",), 300, 96) == " today" and draft.done
+    assert draft.text == "Fresh bread today" and draft.tokens == 2
+    split = _Draft(text="Hi\n")  # a stop string split across two tokens is still found
+    assert _grow(split, "\nmore", ("\n\n",), 300, 96) == "" and split.text == "Hi" and split.done
+    long = _Draft()
+    _grow(long, "x" * 30, (), 20, 96)
+    assert long.done and long.text == "x" * 30  # past max_chars: ended, post-processing cuts it
+    counted = _Draft()
+    for _ in range(3):
+        _grow(counted, "a", (), 300, 3)
+    assert counted.done and counted.tokens == 3
+
+
+@needs_llama
+def test_drafts_written_together_are_reproducible_and_streamed_by_candidate(generator) -> None:
+    messages = build_messages(Brief("Brand", media="a photo"), [ex("Fresh from the oven. <hyperlink>")] * 2)
+    config = GenerateConfig(max_tokens=24)
+    streamed: dict[int, str] = {}
+
+    def stream(n: int, piece: str) -> None:
+        streamed[n] = streamed.get(n, "") + piece
+
+    first = generator.complete_many(messages, config=config, seeds=[1, 2, 3], on_token=stream)
+    again = generator.complete_many(messages, config=config, seeds=[1, 2, 3])
+    assert [t for t, _, _ in first] == [t for t, _, _ in again] and len(first) == 3
+    assert len({t for t, _, _ in first}) > 1, "each draft samples with its own seed"
+    assert [streamed[n] for n in range(3)] == [t for t, _, _ in first]
+    assert all(0 < tokens <= 24 for _, tokens, _ in first)
+    greedy = generator.complete_many(messages, config=dataclasses.replace(config, temperature=0.0), seeds=[1, 2, 3])
+    assert len({t for t, _, _ in greedy}) == 1, "without sampling, the sequences of a batch agree"
+
+
+@needs_llama
+def test_more_drafts_than_sequences_are_written_in_turns_and_a_prompt_too_long_is_one_line() -> None:
+    from retrieval.tasks.generate.llm import Generator
+
+    with Generator("smollm2", max_ctx=256, n_threads=2, max_drafts=2) as small:
+        messages = build_messages(Brief("Brand", media="a photo"), [ex("Hello <hyperlink>")])
+        drafts = small.complete_many(messages, config=GenerateConfig(max_tokens=16), seeds=[0, 1, 2])
+        assert len(drafts) == 3 and all(text for text, _, _ in drafts)
+        huge = build_messages(Brief("Brand", media="a photo"), [ex("word " * 300)])
+        with pytest.raises(RetrievalError, match="the prompt is .* tokens, the context 256"):
+            small.complete(huge, config=GenerateConfig(), seed=0)
+
+
+def test_cpu_watch_counts_other_processes_and_not_this_one() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from retrieval.tasks.generate.llm import CpuWatch, default_threads
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat")
+    watch = CpuWatch()
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:  # this process busy: not counted
+        pass
+    assert watch.busy_elsewhere() < 0.5
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        watch = CpuWatch()
+        time.sleep(0.6)
+        busy = watch.busy_elsewhere()
+    finally:
+        spinner.kill()
+    assert busy > 0.6, "a process spinning on one core"
+    assert default_threads(busy) <= max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_the_cli_and_the_api_default_to_the_library_settings() -> None:
+    from retrieval.apps.api.schemas import GenerateIn
+    from retrieval.apps.cli.evaluate import evaluate
+    from retrieval.apps.cli.generate import generate
+    from retrieval.tasks.generate.rag import DEFAULT_CANDIDATES
+
+    library = {**dataclasses.asdict(GenerateConfig()), "candidates": DEFAULT_CANDIDATES}
+    for command in (generate, evaluate.commands["generate"]):
+        options = {p.name: p.default for p in command.params if not getattr(p, "is_flag", False)}
+        shared = set(options) & set(library)
+        assert {"candidates", "min_tokens", "max_tokens", "temperature", "exemplars"} <= shared
+        assert {name: options[name] for name in shared} == {name: library[name] for name in shared}
+    api = {name: f.default for name, f in GenerateIn.model_fields.items()}
+    shared = set(api) & set(library)
+    assert {"candidates", "min_tokens", "max_tokens"} <= shared
+    assert {name: api[name] for name in shared} == {name: library[name] for name in shared}

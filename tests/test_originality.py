@@ -27,9 +27,10 @@ class Scripted:
     def count_tokens(self, messages) -> int:
         return 100
 
-    def complete(self, messages, *, prompt_tokens, config, seed, on_token=None):
-        self.seeds.append(seed)
-        return self.by_seed.get(seed, "Something nobody has posted: a sandwich that sings opera"), 10, 0.01
+    def complete_many(self, messages, *, config, seeds, on_token=None):
+        self.seeds += seeds
+        fresh = "Something nobody has posted: a sandwich that sings opera"
+        return [(self.by_seed.get(s, fresh), 10, 0.01) for s in seeds]
 
 
 def _account_and_tweet(sample: Path) -> tuple[str, str]:

@@ -110,8 +110,8 @@ def eval_generation(
         found.append((hidden, [e.content for e in exemplars]))
         no_exemplar += not exemplars
         outputs["retrieval_only"].append(exemplars[0].content if exemplars else "")
-        messages, _, prompt_tokens = fit_messages(brief, [], generator.count_tokens, budget)
-        raw, n, secs = generator.complete(messages, prompt_tokens=prompt_tokens, config=config, seed=config.seed)
+        messages, _, _ = fit_messages(brief, [], generator.count_tokens, budget)
+        raw, n, secs = generator.complete(messages, config=config, seed=config.seed)
         outputs["llm_only"].append(clean(raw, []))
         tokens["llm_only"] += n
         seconds["llm_only"] += secs

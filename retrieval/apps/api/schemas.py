@@ -149,7 +149,7 @@ class GenerateIn(Strict):
     media: str = Field("", max_length=500, description="What the picture or video shows, in words.")
     topic: str | None = Field(None, max_length=500)
     likes: int | None = Field(None, ge=0, le=INT64)
-    candidates: int = Field(3, ge=1, le=8, description="Drafts to write and rank; the first is the best.")
+    candidates: int = Field(4, ge=1, le=8, description="Drafts to write and rank; the first is the best.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)

@@ -24,15 +24,21 @@ from retrieval.apps.cli.options import (
 
 
 class TokenStream:
-    """Tokens as they come, on stderr (so stdout keeps only the result), under each candidate's number."""
+    """The first draft's tokens as they come, on stderr (so stdout keeps only the result). The
+    drafts are written together, a token of each in turn, so one is shown: every draft is
+    printed, ranked, when they are done."""
 
-    def __init__(self) -> None:
-        self.current = -1
+    def __init__(self, candidates: int) -> None:
+        self.started = False
+        self.candidates = candidates
 
     def __call__(self, n: int, piece: str) -> None:
-        if n != self.current:
-            self.current = n
-            click.echo(f"\n[candidate {n + 1}] ", nl=False, err=True)
+        if n:
+            return
+        if not self.started:
+            self.started = True
+            others = f" (and {self.candidates - 1} more beside it)" if self.candidates > 1 else ""
+            click.echo(f"writing draft 1{others}: ", nl=False, err=True)
         click.echo(piece, nl=False, err=True)
 
 
@@ -71,18 +77,24 @@ def generate(
     as_json: bool,
 ) -> None:
     """Write a tweet for an account from its own well-liked past tweets (offline, llama.cpp)."""
-    from retrieval.io.media import load_image
-    from retrieval.query.search import Searcher, index_clip
+    from concurrent.futures import ThreadPoolExecutor
+
     from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
     from retrieval.tasks.generate.rag import generate as run_generate
 
     config = generate_config(exemplars, max_tokens, min_tokens, temperature, seed, grammar)
-    stream = TokenStream() if sys.stderr.isatty() else None
-    with user_errors():
+    stream = TokenStream(candidates) if sys.stderr.isatty() else None
+    with user_errors(), ThreadPoolExecutor(1) as pool:
+        # llama.cpp loads the model in native code, without the GIL, while Python imports the
+        # search stack and opens the index, and then while the text model loads (0.5-0.7 s saved)
+        loading = pool.submit(Generator, llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
+        from retrieval.io.media import load_image
+        from retrieval.query.search import Searcher, index_clip
+
         clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
         searcher = Searcher.open(index_path, clip=clip)
-        searcher.preload()  # the text model loads while the language model does
-        generator = Generator(llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
+        searcher.preload()
+        generator = loading.result()
     with user_errors(), generator:
         image = None
         if image_path is not None:

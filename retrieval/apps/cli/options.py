@@ -257,7 +257,7 @@ DRAFTS = combine(
     click.option(
         "--candidates",
         type=click.IntRange(1),
-        default=3,
+        default=4,
         show_default=True,
         help="Drafts to write and rank; the first is the best.",
     ),

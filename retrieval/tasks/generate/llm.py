@@ -2,13 +2,13 @@
 
 Loading checks what it can before llama.cpp sees the file (exists, GGUF magic, fits in free
 memory), so a bad model is a one-line ModelMissing, never a crash. The model is loaded once,
-with the whole context it may use (`max_ctx`, bounded by its training context): loading
-costs 0.5 s, mostly building the tokenizer, and a larger n_ctx adds under 0.1 s and a KV
-cache of tens of MB for the bundled models (llama.cpp's default 512 is too small for
-retrieval-augmented prompts). A model with a chat template in its GGUF (an instruct model)
-gets the conversation through that template; one without (a base model such as Gemma 3 270M)
-gets it as plain few-shot text to continue (`as_text`), which is what a base model was trained
-on, instead of llama-cpp-python's fallback template.
+with one context for the whole window it may use (`max_ctx`, bounded by its training context)
+shared by up to `max_drafts` sequences, so the drafts of one prompt are decoded together
+(decode.py): loading costs 0.5 s, mostly building the tokenizer; the KV cache is tens of MB for
+the bundled models, and a 128-token step's logits another 128 MB at Gemma's 262,144 tokens.
+A model with a chat template in its GGUF (an instruct model) gets the conversation through that
+template; one without (a base model such as Gemma 3 270M) gets it as plain few-shot text to
+continue (`as_text`), which is what a base model was trained on.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from retrieval.config import cache_dir
 from retrieval.errors import ModelMissing, RetrievalError
+from retrieval.tasks.generate.decode import decode_drafts, piece
 from retrieval.tasks.generate.models import LLM_NAMES, llm_file
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +58,48 @@ none), in llama.cpp's GBNF: what `postprocess` repairs, enforced while sampling 
 tokens go to what is cut later."""
 
 
-def default_threads() -> int:
-    """Cores this process may use, less those other processes keep busy (1-minute load), at least 1.
+def default_threads(busy: float | None = None) -> int:
+    """Cores this process may use, less those other processes keep busy, at least 1.
 
     llama.cpp's threads wait for each other at every layer, so one that shares its core with
     a busy process stalls them all: on 2 shared cores under a load of 7, 64 tokens took 2.4 s
-    with one thread and 20-49 s with two.
+    with one thread and 20-49 s with two. `busy`: cores that others used just now (CpuWatch);
+    without it the 1-minute load average, which also counts this program's own previous run.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+    return max(1, min(cores, cores - round(busy)))
+
+
+def _cpu_seconds() -> float | None:
+    """Seconds of CPU that every process has used since boot (busy, not idle or waiting), or None."""
     try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """How many cores other processes kept busy while this one did something (loading a model):
+    the machine's CPU time over the span less this process's own."""
+
+    def __init__(self) -> None:
+        self.start = (_cpu_seconds(), time.process_time(), time.monotonic())
+
+    def busy_elsewhere(self) -> float | None:
+        """Cores used by other processes since the watch started; None where /proc/stat is not."""
+        machine, own, wall = _cpu_seconds(), time.process_time(), time.monotonic()
+        if machine is None or self.start[0] is None or wall - self.start[2] < 0.05:
+            return None
+        others = (machine - self.start[0]) - (own - self.start[1])
+        return max(0.0, others / (wall - self.start[2]))
 
 
 def _available_memory() -> int | None:
@@ -99,10 +126,19 @@ def as_text(messages: Messages) -> str:
 
 
 class Generator:
-    """A local GGUF model through llama.cpp, loaded once with the context it may use."""
+    """A local GGUF model through llama.cpp, loaded once with the context it may use, that writes
+    several drafts of one prompt together (decode.py)."""
 
-    def __init__(self, model: str | Path | None = None, *, max_ctx: int = 4096, n_threads: int | None = None) -> None:
-        """`model`: a name in LLM_NAMES, a GGUF file, or None for DEFAULT_LLM."""
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        max_ctx: int = 4096,
+        n_threads: int | None = None,
+        max_drafts: int = 8,
+    ) -> None:
+        """`model`: a name in LLM_NAMES, a GGUF file, or None for DEFAULT_LLM. `max_drafts`: the
+        sequences decoded in one batch; more drafts than that are written in turns."""
         try:
             import llama_cpp
         except ImportError:
@@ -121,30 +157,53 @@ class Generator:
             raise ModelMissing(
                 f"{self.path}: {self.path.stat().st_size / 2**30:.1f} GiB model, only {free / 2**30:.1f} GiB free"
             )
-        self.n_threads = n_threads or default_threads()
+        watch = CpuWatch()
+        self.n_threads = n_threads or default_threads(0.0)
         self.max_ctx = max_ctx
-        self._llm: Llama | None = self._load(n_ctx=max_ctx)
-        self.n_ctx_train = self._llm._model.n_ctx_train()
-        self.chat = bool(self._llm.metadata.get("tokenizer.chat_template"))
-        if self.context_limit() < max_ctx:
-            self.close()
-        self._tweet_grammar: Any = None
+        self.max_drafts = max(1, max_drafts)
+        self._llm: Any = None
+        self._context: Any = None
+        self._open()
+        if n_threads is None:  # what other processes used while the model loaded (0.5 s) says what is free
+            self.n_threads = default_threads(watch.busy_elsewhere())
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            with suppress_stdout_stderr(disable=False):
+                llama_cpp.llama_set_n_threads(self._context.ctx, self.n_threads, self.n_threads)
+        self.n_ctx_train = self._llm.n_ctx_train()
+        self.template = self._llm.metadata().get("tokenizer.chat_template")
+        self.chat = bool(self.template)
         self._enders: Any = None
 
     @property
     def name(self) -> str:
         return self.path.name
 
-    def _load(self, **kwargs: Any) -> Llama:
+    def _open(self) -> None:
+        """The model and one context of `context_limit()` cells shared by `max_drafts` sequences."""
+        from llama_cpp._internals import LlamaContext, LlamaModel
         from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp logs to stderr even when not verbose
 
         try:
             with suppress_stdout_stderr(disable=False):
-                return self._llama_cpp.Llama(
-                    str(self.path), n_threads=self.n_threads, n_threads_batch=self.n_threads, verbose=False, **kwargs
-                )
+                self._llm = LlamaModel(path_model=str(self.path), params=LlamaModel.default_params(), verbose=False)
+                params = self._llama_cpp.llama_context_default_params()
+                train = self._llm.n_ctx_train()
+                params.n_ctx = min(self.max_ctx, train) if train > 0 else self.max_ctx
+                params.n_batch, params.n_ubatch = 512, 128  # a 128-token step holds 128 MB of logits, not 512
+                params.flash_attn_type = self._llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # prompt 25% faster on a CPU
+                params.n_seq_max = self.max_drafts
+                params.kv_unified = True  # the drafts share the prompt's cells and one pool of free ones
+                params.n_threads = params.n_threads_batch = self.n_threads
+                self._context = LlamaContext(model=self._llm, params=params, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
+            self.close()
             raise ModelMissing(f"{self.path}: llama.cpp cannot load it ({str(e).splitlines()[0]})") from None
+
+    def _model(self) -> Any:
+        if self._llm is None:
+            self._open()
+        return self._llm
 
     def count_tokens(self, text: str) -> int:
         return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -152,77 +211,92 @@ class Generator:
     def context_limit(self) -> int:
         return min(self.max_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else self.max_ctx
 
-    def _model(self) -> Llama:
-        if self._llm is None:
-            self._llm = self._load(n_ctx=self.context_limit())
-        return self._llm
+    def prompt(self, messages: Messages) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens and the strings that end a reply: through the model's chat template
+        for an instruct model, as plain text for a base model (one answer per line)."""
+        model = self._model()
+        if not self.chat:
+            text, add_bos, stops = as_text(messages), True, ("\n",)
+        else:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = model.token_eos(), model.token_bos()
+            formatter = Jinja2ChatFormatter(
+                template=self.template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+            )
+            formatted = formatter(messages=messages)  # type: ignore[arg-type]
+            text, add_bos = formatted.prompt, not formatted.added_special
+            stop = formatted.stop or ()
+            stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True), stops
 
     def complete(
         self,
         messages: Messages,
         *,
-        prompt_tokens: int,
         config: Sampling,
         seed: int,
         on_token: Callable[[str], None] | None = None,
     ) -> tuple[str, int, float]:
         """The model's reply to messages: (text, tokens generated, seconds)."""
-        max_tokens = max(16, min(config.max_tokens, self.context_limit() - prompt_tokens - 16))
-        llm = self._model()
-        start, pieces, tokens = time.perf_counter(), [], 0
-        try:
-            sampling = {
-                "max_tokens": max_tokens,
-                "temperature": config.temperature,
-                "top_p": config.top_p,
-                "repeat_penalty": config.repeat_penalty,
-                "seed": seed,
-                "stream": True,
-            }
-            if config.grammar:
-                sampling["grammar"] = self._grammar()
-            if config.min_tokens > 0:
-                sampling["logits_processor"] = self._hold_ending(llm, config.min_tokens)
-            if self.chat:
-                stream = llm.create_chat_completion(messages, stop=list(config.stop), **sampling)  # type: ignore[arg-type]
-            else:  # one answer per line in as_text, so the line's end is the tweet's
-                stream = llm.create_completion(as_text(messages), stop=[*config.stop, "\n"], **sampling)
-            chars = 0
-            for chunk in stream:
-                choice = chunk["choices"][0]  # type: ignore[index]
-                piece = (choice["delta"].get("content") if self.chat else choice["text"]) or ""
-                if piece:
-                    tokens += 1
-                    chars += len(piece)
-                    pieces.append(piece)
-                    if on_token:
-                        on_token(piece)
-                if chars > config.max_chars:  # longer than anything post-processing keeps
-                    break
-        except (ValueError, RuntimeError) as e:
-            raise RetrievalError(f"{self.path.name}: generation failed ({str(e).splitlines()[0]})") from None
-        return "".join(pieces), tokens, time.perf_counter() - start
+        sink = (lambda _, piece: on_token(piece)) if on_token else None
+        return self.complete_many(messages, config=config, seeds=[seed], on_token=sink)[0]
 
-    def _hold_ending(self, llm: Llama, min_tokens: int) -> Any:
-        """A logits processor that forbids the end of text and line breaks for the first
-        min_tokens tokens of the reply: a base model otherwise ends its line early."""
+    def complete_many(
+        self,
+        messages: Messages,
+        *,
+        config: Sampling,
+        seeds: Sequence[int],
+        on_token: Callable[[int, str], None] | None = None,
+    ) -> list[tuple[str, int, float]]:
+        """One reply per seed, `max_drafts` at a time in one batch: (text, tokens, seconds of
+        the batch it was written in). A draft's text depends on its seed and on how many are
+        written beside it (a batch's arithmetic differs in the last bits), not on anything else."""
+        model = self._model()
+        prompt, stops = self.prompt(messages)
+        room = self.context_limit() - len(prompt)
+        if room < 16:
+            raise RetrievalError(
+                f"{self.name}: the prompt is {len(prompt)} tokens, the context {self.context_limit()}; "
+                "use fewer exemplars or a model with a longer context"
+            )
+        max_tokens = min(config.max_tokens, room)
+        group = max(1, min(self.max_drafts, room // max_tokens))
+        enders = self._ender_array(model) if config.min_tokens > 0 else None
+        out: list[tuple[str, int, float]] = []
+        for first in range(0, len(seeds), group):
+            start = time.perf_counter()
+            sink = (lambda i, piece, first=first: on_token(first + i, piece)) if on_token else None
+            try:
+                drafts = decode_drafts(
+                    model,
+                    self._context,
+                    prompt,
+                    seeds[first : first + group],
+                    config,
+                    max_tokens=max_tokens,
+                    stops=(*config.stop, *stops),
+                    enders=enders,
+                    grammar=TWEET_GRAMMAR if config.grammar else None,
+                    on_token=sink,
+                )
+            except (ValueError, RuntimeError) as e:
+                raise RetrievalError(f"{self.path.name}: generation failed ({str(e).splitlines()[0]})") from None
+            seconds = time.perf_counter() - start
+            out += [(text, tokens, seconds) for text, tokens in drafts]
+        return out
+
+    def _ender_array(self, model: Any) -> Any:
         import numpy as np
-        from llama_cpp import LogitsProcessorList
 
         if self._enders is None:
-            self._enders = np.array(self._ender_ids(llm), dtype=np.int64)
-        start: list[int] = []
+            self._enders = np.array(self._ender_ids(model), dtype=np.int64)
+        return self._enders
 
-        def hold(input_ids: Any, scores: Any) -> Any:
-            if not start:
-                start.append(len(input_ids))
-            if len(input_ids) - start[0] < min_tokens:
-                scores[self._enders] = -np.inf
-            return scores
-
-        return LogitsProcessorList([hold])
-
-    def _ender_ids(self, llm: Llama) -> list[int]:
+    def _ender_ids(self, model: Any) -> list[int]:
         """Every token that ends generation (llama.cpp stops at any of them: Gemma's end of text and
         end of turn) and every token whose text holds a line break. Finding them scans the
         whole vocabulary (1.1 s for Gemma's 262,144 tokens, on every CLI call), so the list is
@@ -230,17 +304,15 @@ class Generator:
         stat = self.path.stat()
         key = hashlib.sha256(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         record = cache_dir() / "models" / f"{self.path.stem}.{key}.enders.json"
-        n_vocab = llm.n_vocab()
+        n_vocab = model.n_vocab()
         try:
             ids = [int(i) for i in json.loads(record.read_text())]
             if all(0 <= i < n_vocab for i in ids):
                 return ids
         except (OSError, ValueError, TypeError):
             pass
-        vocab = llm._model.vocab
-        ids = [
-            i for i in range(n_vocab) if self._llama_cpp.llama_vocab_is_eog(vocab, i) or b"\n" in llm.detokenize([i])
-        ]
+        vocab = model.vocab
+        ids = [i for i in range(n_vocab) if self._llama_cpp.llama_vocab_is_eog(vocab, i) or b"\n" in piece(vocab, i)]
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
@@ -250,18 +322,16 @@ class Generator:
             log.info("%s: not cached (%s)", record, e)
         return ids
 
-    def _grammar(self) -> Any:
-        if self._tweet_grammar is None:
-            from llama_cpp._utils import suppress_stdout_stderr
-
-            with suppress_stdout_stderr(disable=False):
-                self._tweet_grammar = self._llama_cpp.LlamaGrammar.from_string(TWEET_GRAMMAR, verbose=False)
-        return self._tweet_grammar
-
     def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):
+            if self._context is not None:
+                self._context.close()
+                self._context = None
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
 
     def __enter__(self) -> Generator:
         return self

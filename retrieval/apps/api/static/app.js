@@ -172,6 +172,7 @@ async function write(event) {
     const reader = (await api("/v1/generate", body)).body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    const drafting = [];  // the drafts are written together, a token of each in turn
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
@@ -181,7 +182,10 @@ async function write(event) {
         const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
         const kind = (block.match(/^event: (.*)$/m) || [])[1];
         const data = JSON.parse((block.match(/^data: (.*)$/m) || [, "null"])[1]);
-        if (kind === "token") stream.textContent += data.text;
+        if (kind === "token") {
+          drafting[data.candidate] = (drafting[data.candidate] || "") + data.text;
+          stream.textContent = drafting.map((text, i) => `${i + 1}. ${text || ""}`).join("\n");
+        }
         if (kind === "error") throw new Error(data.error);
         if (kind === "result") {
           $("drafts").replaceChildren(...data.candidates.map(draftCard));
