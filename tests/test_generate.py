@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -50,6 +51,17 @@ def test_rerank_prefers_liked_and_degrades_without_likes() -> None:
     # close in similarity: the well-liked tweet wins; far apart: similarity wins
     assert rerank([(0.80, 10), (0.79, 10_000), (0.78, 50)], 0.05)[0] == 1
     assert rerank([(0.9, 10), (0.3, 10_000)], 0.05)[0] == 0
+
+
+def test_mmr_passes_over_a_rewording_of_an_exemplar_already_chosen() -> None:
+    from retrieval.query.ranking import mmr
+
+    keys = np.array([0.90, 0.89, 0.80])
+    twin = np.array([1.0, 0.0])
+    vectors = np.array([twin, twin, [0.0, 1.0]])  # the second is the first reworded
+    assert mmr(keys, vectors, 3, 0.0) == [0, 1, 2], "no diversity: relevance order"
+    assert mmr(keys, vectors, 3, 0.3) == [0, 2, 1]
+    assert mmr(keys[:1], vectors[:1], 3, 0.3) == [0]
 
 
 def test_build_messages_is_a_few_shot_conversation_most_relevant_last() -> None:
@@ -120,6 +132,22 @@ def _busiest_account(path: Path) -> tuple[str, str]:
     table = load_tweets(path).table
     pairs = Counter(zip(table.column("username").to_pylist(), table.column("company").to_pylist()))
     return pairs.most_common(1)[0][0]
+
+
+def test_diverse_exemplars_are_less_alike_and_as_many(minilm_index: Path, minilm, sample_parquet: Path) -> None:
+    from retrieval.query.search import Searcher
+
+    searcher = Searcher(Searcher.open(minilm_index, embedder=minilm).reader, minilm)
+    user, _ = _busiest_account(sample_parquet)
+
+    def alike(diversity: float) -> tuple[int, float]:
+        found = find_exemplars(searcher, Brief(user, media="a photo"), GenerateConfig(exemplars=5, diversity=diversity))
+        vectors = searcher.reader.text_vectors(np.array([e.vec_id for e in found], dtype=np.int64))
+        cosines = vectors @ vectors.T
+        return len(found), float(cosines[np.triu_indices(len(found), 1)].mean())
+
+    (n, plain), (m, diverse) = alike(0.0), alike(0.7)
+    assert n == m == 5 and diverse < plain
 
 
 def test_find_exemplars_account_then_company_then_all(minilm_index: Path, minilm, sample_parquet: Path) -> None:

@@ -170,3 +170,19 @@ def _sort_key(order: str, c: Candidate, factors: dict[str, float], position: int
     if order == "blend":
         return (-factors["blended"], position)
     return (position,)
+
+
+def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: each pick maximises (1 - d) relevance - d (similarity to the
+    closest item already picked), so k picks are not k rewordings of one tweet. `vectors` are
+    unit rows; returns up to k indices, in the order picked."""
+    picked: list[int] = []
+    closest = np.full(len(relevance), -np.inf)
+    left = np.ones(len(relevance), bool)
+    for _ in range(min(k, len(relevance))):
+        gain = (1 - diversity) * relevance - diversity * np.where(np.isfinite(closest), closest, 0.0)
+        i = int(np.argmax(np.where(left, gain, -np.inf)))
+        picked.append(i)
+        left[i] = False
+        closest = np.maximum(closest, np.einsum("id,d->i", vectors, vectors[i]))
+    return picked

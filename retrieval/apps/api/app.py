@@ -286,6 +286,7 @@ def _brief_and_config(body: GenerateIn) -> tuple[Any, Any]:
         exemplars=body.exemplars,
         max_tokens=body.max_tokens,
         min_tokens=body.min_tokens,
+        diversity=body.diversity,
         temperature=body.temperature,
         seed=body.seed,
         grammar=body.grammar,

@@ -151,6 +151,7 @@ class GenerateIn(Strict):
     likes: int | None = Field(None, ge=0, le=INT64)
     candidates: int = Field(4, ge=1, le=8, description="Drafts to write and rank; the first is the best.")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    diversity: float = Field(0.0, ge=0, le=1, description="Exemplars unlike each other (MMR): more original drafts.")
     temperature: float = Field(0.5, ge=0, le=2)
     max_tokens: int = Field(96, ge=16, le=256)
     min_tokens: int = Field(32, ge=0, le=256, description="Tokens before a draft may end (base models end early).")

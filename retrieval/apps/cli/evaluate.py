@@ -153,6 +153,7 @@ def eval_generate_cmd(
     exemplars: int,
     max_tokens: int,
     min_tokens: int,
+    diversity: float,
     temperature: float,
     seed: int,
     grammar: bool,
@@ -167,7 +168,7 @@ def eval_generate_cmd(
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import Generator
 
-    config = generate_config(max(exemplars, 1), max_tokens, min_tokens, temperature, seed, grammar)
+    config = generate_config(max(exemplars, 1), max_tokens, min_tokens, diversity, temperature, seed, grammar)
 
     def progress(done: int, total: int) -> None:
         if not as_json and (done % 10 == 0 or done == total):

@@ -71,6 +71,7 @@ def generate(
     exemplars: int,
     max_tokens: int,
     min_tokens: int,
+    diversity: float,
     temperature: float,
     seed: int,
     grammar: bool,
@@ -82,7 +83,7 @@ def generate(
     from retrieval.tasks.generate.rag import Brief, Generator, image_for_brief
     from retrieval.tasks.generate.rag import generate as run_generate
 
-    config = generate_config(exemplars, max_tokens, min_tokens, temperature, seed, grammar)
+    config = generate_config(exemplars, max_tokens, min_tokens, diversity, temperature, seed, grammar)
     stream = TokenStream(candidates) if sys.stderr.isatty() else None
     with user_errors(), ThreadPoolExecutor(1) as pool:
         # llama.cpp loads the model in native code, without the GIL, while Python imports the

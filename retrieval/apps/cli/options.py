@@ -245,6 +245,14 @@ GENERATION = combine(
         show_default=True,
         help="Tokens before a draft may end (a base model such as Gemma ends its line early).",
     ),
+    click.option(
+        "--diversity",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help="Choose exemplars unlike each other (MMR): 0.3 gives more original drafts that score"
+        " lower against the real tweets (docs/generation.md).",
+    ),
     click.option("--temperature", type=click.FloatRange(0), default=0.5, show_default=True),
     click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tweets."),
     click.option(
@@ -341,7 +349,7 @@ def image_source(clip: Any, images: Path | None, offline: bool) -> Any:
 
 
 def generate_config(
-    exemplars: int, max_tokens: int, min_tokens: int, temperature: float, seed: int, grammar: bool
+    exemplars: int, max_tokens: int, min_tokens: int, diversity: float, temperature: float, seed: int, grammar: bool
 ) -> Any:
     from retrieval.tasks.generate.rag import GenerateConfig
 
@@ -349,6 +357,7 @@ def generate_config(
         exemplars=exemplars,
         max_tokens=max_tokens,
         min_tokens=min_tokens,
+        diversity=diversity,
         temperature=temperature,
         seed=seed,
         grammar=grammar,

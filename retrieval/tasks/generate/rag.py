@@ -72,6 +72,11 @@ class GenerateConfig:
     """Neighbours retrieved per level before re-ranking by likes."""
     likes_weight: float = 0.05
     """Similarity bonus per standard deviation of log1p(likes) above the pool's mean."""
+    diversity: float = 0.0
+    """Maximal marginal relevance: the weight, against relevance, of an exemplar's cosine to the
+    ones already chosen (0: relevance and likes only). 0.3 on rows 200-299: novelty 0.41 and no
+    near-copy, against 0.32 and 3%, but BLEU-1 0.262 / ROUGE-L 0.160 against 0.279 / 0.165; so
+    it is for a user who wants drafts further from the past, off by default."""
     max_tokens: int = 96
     temperature: float = 0.5
     top_p: float = 0.9
@@ -170,18 +175,23 @@ def describe_media(media: str | Sequence[dict[str, Any]] | None) -> str:
     return " and ".join(f"a {k}" if n == 1 else f"{n} {k}s" for k, n in counts.items())
 
 
-def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> list[int]:
-    """Order of (similarity, likes) pairs by similarity plus a bonus for likes above the pool's mean.
+def relevance(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> np.ndarray:
+    """Similarity plus a bonus for likes above the pool's mean, per (similarity, likes) pair.
 
-    Likes count on the log1p scale, standardised within the pool; a pool without likes keeps
-    the similarity order (the bonus is zero for a missing value).
+    Likes count on the log1p scale, standardised within the pool; a missing value, or a pool
+    without likes, gets no bonus.
     """
     logs = np.array([math.log1p(max(lk, 0)) if lk is not None else np.nan for _, lk in hits], dtype=float)
     known = logs[~np.isnan(logs)]
     bonus = np.zeros(len(hits))
     if len(known) >= 2 and known.std() > 0:
         bonus = np.nan_to_num((logs - known.mean()) / known.std()) * likes_weight
-    keys = [score + b for (score, _), b in zip(hits, bonus)]
+    return np.array([score for score, _ in hits], dtype=float) + bonus
+
+
+def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> list[int]:
+    """Order of (similarity, likes) pairs by `relevance`, best first."""
+    keys = relevance(hits, likes_weight)
     return sorted(range(len(hits)), key=lambda i: -keys[i])
 
 
@@ -260,7 +270,13 @@ def _pool(
     """Neighbours with text in one space, best first by similarity plus the likes bonus."""
     hits = searcher.similar_vectors(query, config.pool, filters=filters, exclude=exclude, space=space)[0]
     hits = [h for h in hits if h.tweet.get("content")]
-    return [hits[i] for i in rerank([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)]
+    keys = relevance([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)
+    if config.diversity > 0 and space == "text" and len(hits) > 1 and searcher.reader.text_vectors_readable:
+        from retrieval.query.ranking import mmr  # imports faiss: not before `generate` starts loading the model
+
+        vectors = searcher.reader.text_vectors(np.array([h.tweet["vec_id"] for h in hits], dtype=np.int64))
+        return [hits[i] for i in mmr(keys, vectors, len(hits), config.diversity)]
+    return [hits[i] for i in sorted(range(len(hits)), key=lambda i: -keys[i])]
 
 
 def _take_in_turn(pools: Sequence[list[Hit]], n: int) -> list[Hit]:

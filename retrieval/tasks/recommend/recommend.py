@@ -20,7 +20,7 @@ from retrieval.errors import RetrievalError
 from retrieval.index.faiss_ops import near_copy_groups
 from retrieval.index.filters import Filters
 from retrieval.index.profiles import Profile, ProfileStore
-from retrieval.query.ranking import DEFAULT_COLLAPSE, ENGAGEMENT_WEIGHT, Candidate
+from retrieval.query.ranking import DEFAULT_COLLAPSE, ENGAGEMENT_WEIGHT, Candidate, mmr
 from retrieval.query.search import Searcher
 from retrieval.tasks.recommend.interests import interests, matching
 
@@ -129,7 +129,7 @@ def recommend(
     candidates, vectors = [c for c, keep in zip(candidates, fresh) if keep], vectors[fresh]
     levels = searcher.levels()
     boost = [_engagement(levels.relative(c.tweet)) for c in candidates]
-    chosen = _mmr(np.array([c.score * b for c, b in zip(candidates, boost)]), vectors, k, diversity)
+    chosen = mmr(np.array([c.score * b for c, b in zip(candidates, boost)]), vectors, k, diversity)
     return [
         Recommendation(
             position,
@@ -157,21 +157,6 @@ def _not_copies(vectors: np.ndarray, profile: np.ndarray) -> np.ndarray:
 
 def _engagement(relative: float | None) -> float:
     return 1.0 if relative is None else 1 + ENGAGEMENT_WEIGHT * math.tanh(math.log(relative))
-
-
-def _mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
-    """Maximal marginal relevance: each pick maximises (1 - d) relevance - d (similarity to the
-    closest tweet already picked)."""
-    picked: list[int] = []
-    closest = np.full(len(relevance), -np.inf)
-    left = np.ones(len(relevance), bool)
-    for _ in range(min(k, len(relevance))):
-        gain = (1 - diversity) * relevance - diversity * np.where(np.isfinite(closest), closest, 0.0)
-        i = int(np.argmax(np.where(left, gain, -np.inf)))
-        picked.append(i)
-        left[i] = False
-        closest = np.maximum(closest, np.einsum("id,d->i", vectors, vectors[i]))
-    return picked
 
 
 @dataclass(frozen=True)
