@@ -30,7 +30,7 @@ from retrieval.tasks.generate.rag import DEFAULT_CANDIDATES  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BRIEFS = [("TimHortonsUS", "photo of a new sandwich"), ("WalmartWorld", "a photo"), ("CNN", "a video")]
-DRAFTED = re.compile(r"tokens in ([0-9.]+)s")
+DRAFTED = re.compile(r"written in ([0-9.]+)s")
 
 
 def cold(index: str, user: str, media: str, candidates: int, seed: int) -> tuple[float, float]:

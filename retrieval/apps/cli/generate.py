@@ -89,12 +89,16 @@ def generate(
         # llama.cpp loads the model in native code, without the GIL, while Python imports the
         # search stack and opens the index, and then while the text model loads (0.5-0.7 s saved)
         loading = pool.submit(Generator, llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
-        from retrieval.io.media import load_image
-        from retrieval.query.search import Searcher, index_clip
+        try:
+            from retrieval.io.media import load_image
+            from retrieval.query.search import Searcher, index_clip
 
-        clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
-        searcher = Searcher.open(index_path, clip=clip)
-        searcher.preload()
+            clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
+            searcher = Searcher.open(index_path, clip=clip)
+            searcher.preload()
+        except BaseException:
+            loading.add_done_callback(lambda done: done.exception() or done.result().close())
+            raise
         generator = loading.result()
     with user_errors(), generator:
         image = None

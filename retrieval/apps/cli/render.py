@@ -150,11 +150,12 @@ def prediction(found: Any, username: str, show: int) -> None:
 
 def candidates(found: Sequence[Any], method: str | None) -> None:
     """`generate`: the drafts best first, then the past tweets the best one was built from."""
-    if method:
-        click.echo(f"{len(found)} candidates, best first by {method.replace('_', ' ')}")
+    ranked = f", best first by {method.replace('_', ' ')}" if method else ""
+    written = sum(c.seconds for c in found)
+    click.echo(f"{len(found)} candidate{'s' * (len(found) != 1)}{ranked}; written in {written:.1f}s")
     for i, c in enumerate(found, 1):
         likes_text = f"  predicted likes {c.predicted_likes:,.0f}" if c.predicted_likes is not None else ""
-        click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens in {c.seconds:.1f}s){likes_text}")
+        click.echo(f"\n#{i} (seed {c.seed}, {c.tokens} tokens){likes_text}")
         click.echo(c.text or "(the model returned no usable text)")
         if c.nearest is not None:
             copy = "NEAR-COPY of" if c.near_copy else "nearest past tweet"

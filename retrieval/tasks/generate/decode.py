@@ -40,6 +40,14 @@ class _Draft:
     text: str = ""
     tokens: int = 0
     done: bool = False
+    shown: int = 0
+    """Characters of `text` given to on_token so far: the tail that could start a stop string
+    is held back until the draft ends, so what is streamed is what is kept."""
+
+    def rest(self) -> str:
+        """The text not shown yet, once the draft has ended."""
+        rest, self.shown = self.text[self.shown :], len(self.text)
+        return rest
 
 
 def decode_drafts(
@@ -70,10 +78,12 @@ def decode_drafts(
     llama_cpp.llama_memory_clear(memory, True)
     n_batch = context.params.n_batch
     batch = llama_cpp.llama_batch_init(max(n_batch, len(seeds)), 0, len(seeds))
-    samplers = [_sampler(model, rules, seed, grammar) for seed in seeds]
+    samplers: list[Any] = []
     drafts = [_Draft() for _ in seeds]
     buffer = ctypes.create_string_buffer(64)
     try:
+        for seed in seeds:
+            samplers.append(_sampler(model, rules, seed, grammar))
         for first in range(0, len(prompt), n_batch):
             chunk = prompt[first : first + n_batch]
             _fill(batch, [(token, first + i, 0, first + i == len(prompt) - 1) for i, token in enumerate(chunk)])
@@ -92,6 +102,8 @@ def decode_drafts(
                 token = llama_cpp.llama_sampler_sample(samplers[s], context.ctx, row)
                 if llama_cpp.llama_vocab_is_eog(model.vocab, token):
                     draft.done = True
+                    if (rest := draft.rest()) and on_token:
+                        on_token(s, rest)
                     continue
                 buffer, piece = _piece(model.vocab, token, buffer)
                 shown = _grow(draft, draft.decoder.decode(piece), stops, rules.max_chars, max_tokens)
@@ -113,16 +125,21 @@ def decode_drafts(
 
 
 def _grow(draft: _Draft, new: str, stops: Sequence[str], max_chars: int, max_tokens: int) -> str:
-    """Add a token's text; what a reader should see of it (nothing past a stop string)."""
+    """Add a token's text; what a reader may see now: nothing past a stop string, and not the
+    last characters while they could still begin one."""
+    longest = max((len(s) for s in stops), default=0)
     before = len(draft.text)
     draft.text += new
     draft.tokens += 1
-    horizon = max(0, before - max((len(s) for s in stops), default=0))
-    cuts = [at for s in stops if s and (at := draft.text.find(s, horizon)) >= 0]
+    cuts = [at for s in stops if s and (at := draft.text.find(s, max(0, before - longest))) >= 0]
     if cuts:
         draft.text, draft.done = draft.text[: min(cuts)], True
     draft.done = draft.done or len(draft.text) > max_chars or draft.tokens >= max_tokens
-    return draft.text[before:]
+    if draft.done:
+        return draft.rest()
+    upto = max(draft.shown, len(draft.text) - max(longest - 1, 0))
+    shown, draft.shown = draft.text[draft.shown : upto], upto
+    return shown
 
 
 def _sampler(model: Any, rules: Rules, seed: int, grammar: str | None) -> Any:
@@ -142,13 +159,16 @@ def _sampler(model: Any, rules: Rules, seed: int, grammar: str | None) -> Any:
             llama_cpp.llama_sampler_init_top_p(rules.top_p, 1),
             llama_cpp.llama_sampler_init_min_p(MIN_P, 1),
             llama_cpp.llama_sampler_init_temp(rules.temperature),
-            llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF),
+            llama_cpp.llama_sampler_init_dist(seed % 0xFFFFFFFF),  # 0xFFFFFFFF would mean "random"
         ]
+    if any(part is None for part in parts):
+        for part in parts:
+            if part is not None:
+                llama_cpp.llama_sampler_free(part)
+        llama_cpp.llama_sampler_free(chain)
+        raise ValueError("llama.cpp refused a sampler (a grammar that does not parse?)")
     for part in parts:
-        if part is None:
-            llama_cpp.llama_sampler_free(chain)
-            raise ValueError("llama.cpp refused a sampler (a grammar that does not parse?)")
-        llama_cpp.llama_sampler_chain_add(chain, part)
+        llama_cpp.llama_sampler_chain_add(chain, part)  # the chain owns it from here
     return chain
 
 

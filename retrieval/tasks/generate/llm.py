@@ -76,14 +76,23 @@ def default_threads(busy: float | None = None) -> int:
 
 
 def _cpu_seconds() -> float | None:
-    """Seconds of CPU that every process has used since boot (busy, not idle or waiting), or None."""
+    """Busy CPU seconds since boot (not idle or waiting) of the cores this process may run on, or None."""
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    busy = 0
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
+            for line in f:
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if not name[3:].isdigit():
+                    break
+                if mine is None or int(name[3:]) in mine:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in values[:8])
+                    busy += user + nice + system + irq + softirq + steal
     except (OSError, ValueError):
         return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 class CpuWatch:
@@ -173,6 +182,7 @@ class Generator:
         self.n_ctx_train = self._llm.n_ctx_train()
         self.template = self._llm.metadata().get("tokenizer.chat_template")
         self.chat = bool(self.template)
+        self._chat_formatter: Any = None
         self._enders: Any = None
 
     @property
@@ -186,6 +196,7 @@ class Generator:
 
         try:
             with suppress_stdout_stderr(disable=False):
+                self._llama_cpp.llama_backend_init()
                 self._llm = LlamaModel(path_model=str(self.path), params=LlamaModel.default_params(), verbose=False)
                 params = self._llama_cpp.llama_context_default_params()
                 train = self._llm.n_ctx_train()
@@ -218,19 +229,29 @@ class Generator:
         if not self.chat:
             text, add_bos, stops = as_text(messages), True, ("\n",)
         else:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+            import jinja2
 
-            eos, bos = model.token_eos(), model.token_bos()
-            formatter = Jinja2ChatFormatter(
-                template=self.template,
-                eos_token=model.token_get_text(eos) if eos != -1 else "",
-                bos_token=model.token_get_text(bos) if bos != -1 else "",
-            )
-            formatted = formatter(messages=messages)  # type: ignore[arg-type]
+            try:
+                formatted = self._formatter(model)(messages=messages)  # type: ignore[arg-type]
+            except (jinja2.TemplateError, ValueError) as e:
+                raise RetrievalError(f"{self.name}: its chat template refused the prompt ({e})") from None
             text, add_bos = formatted.prompt, not formatted.added_special
             stop = formatted.stop or ()
             stops = (stop,) if isinstance(stop, str) else tuple(stop)
         return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True), stops
+
+    def _formatter(self, model: Any) -> Any:
+        """The model's own chat template, compiled once."""
+        if self._chat_formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = model.token_eos(), model.token_bos()
+            self._chat_formatter = Jinja2ChatFormatter(
+                template=self.template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+            )
+        return self._chat_formatter
 
     def complete(
         self,
@@ -252,11 +273,12 @@ class Generator:
         seeds: Sequence[int],
         on_token: Callable[[int, str], None] | None = None,
     ) -> list[tuple[str, int, float]]:
-        """One reply per seed, `max_drafts` at a time in one batch: (text, tokens, seconds of
-        the batch it was written in). A draft's text depends on its seed and on how many are
-        written beside it (a batch's arithmetic differs in the last bits), not on anything else."""
+        """One reply per seed, `max_drafts` at a time in one batch: (text, tokens, seconds), a
+        draft's seconds its share, by tokens, of its batch's time (they sum to the time spent).
+        A draft's text depends on its seed and on how many are written beside it (a batch's
+        arithmetic differs in the last bits), not on anything else."""
         model = self._model()
-        prompt, stops = self.prompt(messages)
+        prompt, stops = self.prompt(messages)  # a template's own error is a RetrievalError
         room = self.context_limit() - len(prompt)
         if room < 16:
             raise RetrievalError(
@@ -265,6 +287,8 @@ class Generator:
             )
         max_tokens = min(config.max_tokens, room)
         group = max(1, min(self.max_drafts, room // max_tokens))
+        if group < min(len(seeds), self.max_drafts):
+            log.info("the prompt leaves room for %d drafts at a time; the others wait their turn", group)
         enders = self._ender_array(model) if config.min_tokens > 0 else None
         out: list[tuple[str, int, float]] = []
         for first in range(0, len(seeds), group):
@@ -286,7 +310,8 @@ class Generator:
             except (ValueError, RuntimeError) as e:
                 raise RetrievalError(f"{self.path.name}: generation failed ({str(e).splitlines()[0]})") from None
             seconds = time.perf_counter() - start
-            out += [(text, tokens, seconds) for text, tokens in drafts]
+            weights = [max(tokens, 1) for _, tokens in drafts]
+            out += [(text, tokens, seconds * w / sum(weights)) for (text, tokens), w in zip(drafts, weights)]
         return out
 
     def _ender_array(self, model: Any) -> Any:

@@ -138,6 +138,7 @@ class Candidate:
     seed: int
     tokens: int
     seconds: float
+    """Its share, by tokens, of the decoding time: the drafts of a brief are written together."""
     exemplars: list[Exemplar] = field(default_factory=list)
     predicted_likes: float | None = None
     rank_score: float | None = None
