@@ -197,7 +197,10 @@ class Generator:
         try:
             with suppress_stdout_stderr(disable=False):
                 self._llama_cpp.llama_backend_init()
-                self._llm = LlamaModel(path_model=str(self.path), params=LlamaModel.default_params(), verbose=False)
+                model_params = LlamaModel.default_params()
+                # every layer on the GPU when llama.cpp was built for one (a small model fits), none otherwise
+                model_params.n_gpu_layers = -1 if self._llama_cpp.llama_supports_gpu_offload() else 0
+                self._llm = LlamaModel(path_model=str(self.path), params=model_params, verbose=False)
                 params = self._llama_cpp.llama_context_default_params()
                 train = self._llm.n_ctx_train()
                 params.n_ctx = min(self.max_ctx, train) if train > 0 else self.max_ctx
