@@ -22,13 +22,16 @@ TOP_K, MIN_P, PENALTY_LAST_N = 40, 0.05, 64
 """llama-cpp-python's completion defaults, kept so drafts read as they did through it."""
 
 
-class Rules(Protocol):
-    """What decoding reads from a generation config."""
+class Sampling(Protocol):
+    """What decoding (and Generator.complete_many around it) reads from a generation config."""
 
+    max_tokens: int
     temperature: float
     top_p: float
     repeat_penalty: float
+    stop: tuple[str, ...]
     max_chars: int
+    grammar: bool
     min_tokens: int
 
 
@@ -55,7 +58,7 @@ def decode_drafts(
     context: Any,
     prompt: Sequence[int],
     seeds: Sequence[int],
-    rules: Rules,
+    rules: Sampling,
     *,
     max_tokens: int,
     stops: Sequence[str] = (),
@@ -142,7 +145,7 @@ def _grow(draft: _Draft, new: str, stops: Sequence[str], max_chars: int, max_tok
     return shown
 
 
-def _sampler(model: Any, rules: Rules, seed: int, grammar: str | None) -> Any:
+def _sampler(model: Any, rules: Sampling, seed: int, grammar: str | None) -> Any:
     """A sampler chain as llama-cpp-python builds one: repeat penalty, grammar, top-k, top-p,
     min-p, temperature, then a draw with the draft's seed (greedy at temperature 0)."""
     import llama_cpp

@@ -20,29 +20,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from retrieval.config import cache_dir
 from retrieval.errors import ModelMissing, RetrievalError
-from retrieval.tasks.generate.decode import decode_drafts, piece
+from retrieval.tasks.generate.decode import Sampling, decode_drafts, piece
 from retrieval.tasks.generate.models import LLM_NAMES, llm_file
 
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-
-
-class Sampling(Protocol):
-    """What `complete` reads from a generation config."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    repeat_penalty: float
-    stop: tuple[str, ...]
-    max_chars: int
-    grammar: bool
-    min_tokens: int
 
 
 TWEET_GRAMMAR = r"""
@@ -83,9 +70,9 @@ def _cpu_seconds() -> float | None:
         with open("/proc/stat") as f:
             for line in f:
                 name, *values = line.split()
-                if not name.startswith("cpu") or name == "cpu":
+                if name == "cpu":  # the total over every core, these and others
                     continue
-                if not name[3:].isdigit():
+                if not name.startswith("cpu"):  # the per-core lines are over
                     break
                 if mine is None or int(name[3:]) in mine:
                     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in values[:8])
@@ -97,7 +84,7 @@ def _cpu_seconds() -> float | None:
 
 class CpuWatch:
     """How many cores other processes kept busy while this one did something (loading a model):
-    the machine's CPU time over the span less this process's own."""
+    the busy time of the cores this process may use over the span, less this process's own."""
 
     def __init__(self) -> None:
         self.start = (_cpu_seconds(), time.process_time(), time.monotonic())

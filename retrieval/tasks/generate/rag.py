@@ -271,13 +271,15 @@ def _pool(
     """Neighbours with text in one space, best first by similarity plus the likes bonus."""
     hits = searcher.similar_vectors(query, config.pool, filters=filters, exclude=exclude, space=space)[0]
     hits = [h for h in hits if h.tweet.get("content")]
-    keys = relevance([(h.score, h.tweet.get("likes")) for h in hits], config.likes_weight)
+    pairs = [(h.score, h.tweet.get("likes")) for h in hits]
     if config.diversity > 0 and space == "text" and len(hits) > 1 and searcher.reader.text_vectors_readable:
         from retrieval.query.ranking import mmr  # imports faiss: not before `generate` starts loading the model
 
         vectors = searcher.reader.text_vectors(np.array([h.tweet["vec_id"] for h in hits], dtype=np.int64))
-        return [hits[i] for i in mmr(keys, vectors, len(hits), config.diversity)]
-    return [hits[i] for i in sorted(range(len(hits)), key=lambda i: -keys[i])]
+        order = mmr(relevance(pairs, config.likes_weight), vectors, len(hits), config.diversity)
+    else:
+        order = rerank(pairs, config.likes_weight)
+    return [hits[i] for i in order]
 
 
 def _take_in_turn(pools: Sequence[list[Hit]], n: int) -> list[Hit]:
