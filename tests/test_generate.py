@@ -210,6 +210,29 @@ def test_default_threads_leaves_busy_cores_to_others(monkeypatch: pytest.MonkeyP
     assert llm.default_threads() == 1
 
 
+@needs_llama
+def test_model_load_on_a_thread_writes_nothing_to_stderr() -> None:
+    """llama.cpp's own C logger (no Python callback to take the GIL for each of its lines) is
+    silenced while a model loads on a thread, as the CLI loads it; what the main thread writes
+    around the load is all that reaches stderr."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading, time\n"
+        "from retrieval.tasks.generate.llm import Generator\n"
+        "done = []\n"
+        "t = threading.Thread(target=lambda: done.append(Generator('smollm2', max_ctx=512, n_threads=1)))\n"
+        "t.start()\n"
+        "while t.is_alive():\n"
+        "    print('main', file=sys.stderr, flush=True); time.sleep(0.01)\n"
+        "done[0].close()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    lines = run.stderr.splitlines()
+    assert lines and set(lines) == {"main"}, run.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def generator():
     from retrieval.tasks.generate.llm import Generator

@@ -10,8 +10,6 @@ from typing import Any
 
 import click
 
-from retrieval.schema import stored_media
-
 
 def dump(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
@@ -31,6 +29,8 @@ def shown_text(tweet: Mapping[str, Any]) -> str:
     """A tweet's text or, for a tweet without text, its media files or URLs."""
     if tweet.get("content"):
         return tweet["content"]
+    from retrieval.schema import stored_media  # pyarrow: not for a command that prints no tweet
+
     return " ".join(str(m.get("url") or m.get("thumbnail")) for m in stored_media(tweet.get("media"))) or "-"
 
 

@@ -13,6 +13,7 @@ continue (`as_text`), which is what a base model was trained on.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -96,6 +97,15 @@ class CpuWatch:
             return None
         others = (machine - self.start[0]) - (own - self.start[1])
         return max(0.0, others / (wall - self.start[2]))
+
+
+def _native_logging(llama_cpp: Any) -> None:
+    """llama.cpp's log lines go to its own C logger (stderr, which loading silences) instead of
+    llama-cpp-python's Python callback, for the whole process. That callback takes the GIL for
+    each of the 760 lines a model load writes, so a load on a thread beside busy Python code (the
+    CLI imports the search stack meanwhile) waited for the GIL 760 times: 2.9-3.9 s against 0.5 s
+    beside a thread that held it (docs/generation.md, "Where a cold run's time goes")."""
+    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(), ctypes.c_void_p(0))  # NULL: llama.cpp's default
 
 
 def _available_memory() -> int | None:
@@ -183,6 +193,7 @@ class Generator:
 
         try:
             with suppress_stdout_stderr(disable=False):
+                _native_logging(self._llama_cpp)
                 self._llama_cpp.llama_backend_init()
                 model_params = LlamaModel.default_params()
                 # every layer on the GPU when llama.cpp was built for one (a small model fits), none otherwise
