@@ -93,3 +93,23 @@ def test_bad_input_is_one_line(
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_log_lines_reach_stderr_while_its_descriptor_is_silenced() -> None:
+    """`generate` loads llama.cpp's model on a thread with descriptor 2 on /dev/null; a warning
+    logged meanwhile (the text model loading beside it) still reaches the terminal."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, os, sys\n"
+        "from retrieval.apps.cli.main import log_stream\n"
+        "logging.basicConfig(stream=log_stream(), format='%(message)s')\n"
+        "saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)\n"
+        "os.dup2(devnull, 2)\n"
+        "print('plain stderr while silenced', file=sys.stderr, flush=True)\n"
+        "logging.warning('a warning while silenced')\n"
+        "os.dup2(saved, 2)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stderr.splitlines() == ["a warning while silenced"]

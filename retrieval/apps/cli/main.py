@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 import click
 
@@ -33,13 +34,25 @@ from retrieval.apps.cli.serve import serve  # noqa: E402
 def cli(verbose: int, quiet: bool, threads: int | None) -> None:
     """Vector search over brand tweets: build an index, find similar tweets, predict likes, write tweets."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())
     if threads:
         import faiss
         import torch
 
         faiss.omp_set_num_threads(threads)
         torch.set_num_threads(threads)
+
+
+def log_stream() -> TextIO:
+    """Where log lines go: a duplicate of stderr's file descriptor, so they still reach the
+    terminal while llama.cpp's loader points descriptor 2 at /dev/null (`generate` loads the
+    model on a thread for 0.5 s while the index and the text model load beside it: a warning of
+    theirs, such as the int8 recipe being chosen for a new CPU, would be lost). Plain stderr
+    where it has no descriptor (a test runner's capture)."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, errors="backslashreplace")
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
 
 
 for command in (index, models, cache, similar, dedup, profile, recommend, audience, predict, generate, evaluate, serve):
