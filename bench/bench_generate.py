@@ -46,11 +46,11 @@ def cold(index: str, user: str, media: str, candidates: int, seed: int) -> tuple
 
 def warm(index: str, runs: int, pause: float) -> dict[int, list[float]]:
     """Seconds of `generate()` with the index, the embedder and the model already loaded."""
+    from retrieval.query.early import load_text_model
     from retrieval.query.search import Searcher
     from retrieval.tasks.generate.rag import Brief, GenerateConfig, Generator, generate
 
-    searcher = Searcher.open(index)
-    searcher.preload()
+    searcher = Searcher.open(index, load_text_model(index))
     out: dict[int, list[float]] = {DEFAULT_CANDIDATES: [], 1: []}
     with Generator() as generator:
         for candidates in out:

@@ -61,10 +61,15 @@ def test_min_score_returns_only_hits_at_or_above_it(searcher: Searcher) -> None:
         searcher.similar("coffee", mode="keyword", min_score=0.5)
 
 
-def test_preloaded_text_model_is_the_one_the_index_was_built_with(minilm_index: Path, searcher: Searcher) -> None:
-    fresh = Searcher.open(minilm_index)
-    fresh.preload()
-    assert fresh._loading is not None, "the load runs on another thread"
+def test_early_text_model_is_the_one_the_index_was_built_with(
+    minilm_index: Path, searcher: Searcher, tmp_path: Path
+) -> None:
+    from retrieval.query.early import load_text_model
+
+    loading = load_text_model(minilm_index)
+    assert loading is not None
+    fresh = Searcher.open(minilm_index, loading)
+    assert fresh.embedder.name == searcher.embedder.name == "minilm"
     hits = fresh.similar("new coffee", k=3)
-    assert fresh.embedder.name == searcher.embedder.name and fresh._loading is None
     assert [h.tweet["vec_id"] for h in hits] == [h.tweet["vec_id"] for h in searcher.similar("new coffee", k=3)]
+    assert load_text_model(tmp_path) is None, "not an index: Searcher.open says so, in its words"

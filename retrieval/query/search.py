@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     import PIL.Image
 
     from retrieval.embed.clip import ClipEmbedder
-
-log = logging.getLogger(__name__)
 
 MODES = ("vector", "keyword", "hybrid")
 """How a text query finds tweets: its meaning (vectors), its words (BM25), or both fused."""
@@ -111,7 +108,6 @@ class Searcher:
             clip.check_built_with(image.embedder, reader.path)
         self.reader = reader
         self._embedder = embedder
-        self._loading: threading.Thread | None = None
         self.clip = clip
         self._levels: Levels | None = None
 
@@ -119,42 +115,25 @@ class Searcher:
     def open(
         cls,
         path: str | Path,
-        embedder: Embedder | None = None,
+        embedder: Embedder | Future[Embedder] | None = None,
         *,
         clip: ClipEmbedder | None = None,
         check: bool = False,
     ) -> Searcher:
-        return cls(IndexReader(path, check=check), embedder, clip=clip)
+        """`embedder` may still be loading (retrieval.query.early): the index is opened first, so a
+        damaged index is reported before a text model that fails to load."""
+        reader = IndexReader(path, check=check)
+        return cls(reader, embedder.result() if isinstance(embedder, Future) else embedder, clip=clip)
 
     @property
     def embedder(self) -> Embedder:
-        """The text model the index was built with, loaded when first needed."""
-        loading = self._loading
-        if loading is not None:
-            loading.join()
-            self._loading = None
+        """The text model the index was built with, loaded when first needed (a command that
+        knows it will need it starts it earlier: retrieval.query.early)."""
         if self._embedder is None:
-            self._embedder = self._load_embedder()
+            if self.reader.embedder["name"] is None:
+                raise RetrievalError(f"{self.reader.path}: the index holds no text vectors; query it with an image")
+            self._embedder = embedder_for_index(self.reader.embedder)
         return self._embedder
-
-    def preload(self) -> None:
-        """Start loading the text model on another thread: a caller that loads something else
-        meanwhile (the language model, 0.5 s) then waits for the longer of the two, not their
-        sum. A load that fails there fails again, with its message, on first use."""
-        if self._embedder is None and self._loading is None and self.reader.embedder["name"] is not None:
-            self._loading = threading.Thread(target=self._preload, daemon=True)
-            self._loading.start()
-
-    def _preload(self) -> None:
-        try:
-            self._embedder = self._load_embedder()
-        except Exception:  # noqa: BLE001 - raised again, in the caller's thread, by `embedder`
-            log.debug("text model preload failed", exc_info=True)
-
-    def _load_embedder(self) -> Embedder:
-        if self.reader.embedder["name"] is None:
-            raise RetrievalError(f"{self.reader.path}: the index holds no text vectors; query it with an image")
-        return embedder_for_index(self.reader.embedder)
 
     def _clip(self) -> ClipEmbedder:
         if self.clip is None:

@@ -90,12 +90,14 @@ def generate(
         # search stack and opens the index, and then while the text model loads (0.5-0.7 s saved)
         loading = pool.submit(Generator, llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
         try:
+            from retrieval.query.early import load_text_model
+
+            text_model = load_text_model(index_path)  # a third load beside them, as for `similar`
             from retrieval.io.media import load_image
             from retrieval.query.search import Searcher, index_clip
 
             clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
-            searcher = Searcher.open(index_path, clip=clip)
-            searcher.preload()
+            searcher = Searcher.open(index_path, text_model, clip=clip)
         except BaseException:
             loading.add_done_callback(lambda done: done.exception() or done.result().close())
             raise

@@ -73,20 +73,24 @@ def similar(
 
     Near-copies fold into one hit (--collapse); --rank puts the ones that did well for their
     account, or the recent ones, first."""
-    from retrieval.index.filters import Filters, whole_day
-    from retrieval.io.media import load_image
-    from retrieval.query.search import Searcher, index_clip
+    from retrieval.query.early import load_text_model
 
     if sum(x is not None for x in (text, tweet_id, image_path)) != 1:
         raise click.UsageError("give one of TEXT, --id or --image")
     if min_score is not None and text is None:
         raise click.UsageError("--min-score goes with a TEXT query")
+    # the text model loads while the search stack imports (0.3-0.4 s less for a fresh process)
+    loading = load_text_model(index_path) if text is not None and space == "text" and mode != "keyword" else None
+    from retrieval.index.filters import Filters, whole_day
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
+
     filters = Filters(username=username, company=company, since=since, until=whole_day(until), min_likes=min_likes)
     with user_errors():
         ranking = parse_ranking(collapse, no_collapse, order, half_life)
         needs_clip = image_path is not None or space == "image"
         clip = index_clip(index_path, clip_checkpoint, clip_model) if needs_clip else None
-        searcher = Searcher.open(index_path, clip=clip, check=check)
+        searcher = Searcher.open(index_path, loading, clip=clip, check=check)
         if image_path is not None:
             hits = searcher.similar_image(load_image(image_path), k, filters=filters, nprobe=nprobe, ranking=ranking)
         elif tweet_id is not None:
@@ -139,16 +143,20 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict the likes of TEXT: estimate, 80% interval and the past tweets that drove it."""
-    from retrieval.io.media import load_image
-    from retrieval.query.search import Searcher, index_clip
-    from retrieval.tasks.likes.predictor import LikesPredictor
+    from retrieval.query.early import load_text_model
 
     config = parse_params(params)
     if not text.strip():
         raise click.ClickException("the tweet text is empty")
+    loading = load_text_model(index_path)  # while the search stack imports, as for `similar`
+    from retrieval.io.media import load_image
+    from retrieval.query.search import Searcher, index_clip
+    from retrieval.tasks.likes.predictor import LikesPredictor
+
     with user_errors():
         clip = index_clip(index_path, clip_checkpoint, clip_model) if image_path is not None else None
-        predictor = LikesPredictor(Searcher.open(index_path, clip=clip, check=check), config)
+        searcher = Searcher.open(index_path, loading, clip=clip, check=check)
+        predictor = LikesPredictor(searcher, config)
         image = load_image(image_path) if image_path is not None else None
         start = time.perf_counter()
         found = predictor.predict(text, username, company, date, image=image)
