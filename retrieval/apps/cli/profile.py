@@ -55,6 +55,9 @@ def profile_add(
     as_json: bool,
 ) -> None:
     """Create profile NAME, or add liked tweets, texts and images to it; its interests are found again."""
+    from retrieval.query.early import load_text_model
+
+    loading = load_text_model(index_path) if texts else None  # while the search stack imports
     from retrieval.index.profiles import ProfileStore
     from retrieval.io.media import load_image
     from retrieval.query.search import Searcher, index_clip
@@ -63,7 +66,7 @@ def profile_add(
     with user_errors():
         clip = index_clip(index_path, clip_checkpoint, clip_model) if images else None
         pictures = [(source, load_image(source)) for source in images]
-        searcher = Searcher.open(index_path, clip=clip)
+        searcher = Searcher.open(index_path, loading, clip=clip)
         found = add_to_profile(searcher, ProfileStore(index_path), name, _ids(liked), texts, pictures)
     if as_json:
         render.dump(found.to_json())
@@ -169,15 +172,18 @@ def recommend(
 @JSON
 def audience(text: str | None, index_path: Path, tweet_id: int | None, k: int, as_json: bool) -> None:
     """The profiles a post (TEXT or --id) fits best, with the interests it touches."""
+    from retrieval.query.early import load_text_model
+
+    if (text is None) == (tweet_id is None):
+        raise click.UsageError("give one of TEXT or --id")
+    loading = load_text_model(index_path)  # both embed a text; the model loads while the search stack imports
     from retrieval.errors import RetrievalError
     from retrieval.index.profiles import ProfileStore
     from retrieval.query.search import Searcher
     from retrieval.tasks.recommend.recommend import audience as audience_of
 
-    if (text is None) == (tweet_id is None):
-        raise click.UsageError("give one of TEXT or --id")
     with user_errors():
-        searcher = Searcher.open(index_path)
+        searcher = Searcher.open(index_path, loading)
         if tweet_id is not None:
             row = searcher.reader.find_tweet(tweet_id)
             if row is None or not row["content"]:
