@@ -87,12 +87,13 @@ def generate(
     stream = TokenStream(candidates) if sys.stderr.isatty() else None
     with user_errors(), ThreadPoolExecutor(1) as pool:
         # llama.cpp loads the model in native code, without the GIL, while Python imports the
-        # search stack and opens the index, and then while the text model loads (0.5-0.7 s saved)
+        # search stack and opens the index and the text model loads on a third thread (as for
+        # `similar`): the wait is the longest of the three, not their sum
         loading = pool.submit(Generator, llm_path, max_ctx=config.max_ctx, n_threads=root_threads())
         try:
             from retrieval.query.early import load_text_model
 
-            text_model = load_text_model(index_path)  # a third load beside them, as for `similar`
+            text_model = load_text_model(index_path)
             from retrieval.io.media import load_image
             from retrieval.query.search import Searcher, index_clip
 

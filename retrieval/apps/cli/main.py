@@ -34,7 +34,8 @@ from retrieval.apps.cli.serve import serve  # noqa: E402
 def cli(verbose: int, quiet: bool, threads: int | None) -> None:
     """Vector search over brand tweets: build an index, find similar tweets, predict likes, write tweets."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())
+    if not logging.getLogger().handlers:  # as basicConfig checks, so a second call dups no descriptor
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())
     # faiss-cpu 1.15 is one library that picks its SIMD level at run time (get_compile_options: "DD
     # AVX2 AVX512"); its loader still tries the old per-level modules and reports each as missing
     logging.getLogger("faiss.loader").setLevel(max(level, logging.WARNING))
