@@ -10,17 +10,22 @@ import textwrap
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import BEHAVIOUR, HASH_EMBEDDER, HashEmbedder
+from conftest import BEHAVIOUR, HASH_EMBEDDER, LABELLED, HashEmbedder
 
 from retrieval.embed.cache import CachedEmbedder
+from retrieval.errors import RetrievalError
 from retrieval.index import faiss_ops as fx
+from retrieval.index.folder import scratch
+from retrieval.index.keywords import KeywordIndex
 from retrieval.index.manifest import read_manifest
 from retrieval.index.verify import verify
+from retrieval.io.tweets import load_tweets
 from retrieval.pipeline.build import add_to_index, build_index
 from retrieval.schema import TWEET_SCHEMA
 
@@ -123,12 +128,14 @@ def test_a_build_killed_midway_keeps_the_old_index_and_its_embeddings(tmp_path: 
     proc.wait()
     stored = len(list((cache / "hash").glob("*.parquet")))
     assert read_manifest(out).next_id == 600 and verify(out) == []
+    assert len(list(tmp_path.glob(".index.scratch-*/rows.arrow"))) == 1, "the killed run's loaded rows"
 
     embedder = CachedEmbedder(HashEmbedder(), "hash", cache)
     report = build_index(source, out, embedder=embedder, progress=False, batch=200)
     assert report.from_cache >= 200 * stored and embedder.misses == report.indexed - report.from_cache
     assert f"{report.from_cache} of 3000 vectors from the embedding cache" in report.summary()
     assert read_manifest(out).next_id == 3000 and verify(out) == []
+    assert not list(tmp_path.glob(".index.scratch-*")), "removed by the next run"
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see mappings")
@@ -156,3 +163,67 @@ def test_on_disk_never_chooses_lists_that_cannot_be_mapped() -> None:
     assert fx.choose_factory(10**8, 768, 4 * 2**30).endswith("x4fs")
     assert fx.choose_factory(10**8, 768, 4 * 2**30, on_disk=True).endswith(",RaBitQ4")
     assert fx.choose_factory(10**6, 768, 4 * 2**30, on_disk=True).endswith(",Flat")
+
+
+def test_loaded_rows_spilled_to_disk_are_the_same_rows_and_not_in_memory(tmp_path: Path) -> None:
+    """A build reads its file into an Arrow file beside the index and maps it: the same table,
+    while the process allocates next to nothing for it."""
+    in_memory = load_tweets(BEHAVIOUR).table
+    before = pa.total_allocated_bytes()
+    mapped = load_tweets(BEHAVIOUR, spill=tmp_path / "rows.arrow")
+    assert mapped.table.equals(in_memory) and mapped.read == 10_000
+    assert pa.total_allocated_bytes() - before < in_memory.nbytes / 20
+    with pytest.raises(RetrievalError, match=r"gone/rows.arrow: cannot write the rows read \(No such file"):
+        load_tweets(BEHAVIOUR, spill=tmp_path / "gone" / "rows.arrow")
+
+
+def test_rows_without_text_interleaved_keep_the_vectors_ids_first(tmp_path: Path) -> None:
+    """Every seventh tweet without text: the rows with vectors take ids 0.. in file order (what the
+    shards hold), the others follow, and keyword search finds rows by their own texts."""
+    table = pq.read_table(LABELLED).slice(0, 700)
+    texts = [None if i % 7 == 3 else t for i, t in enumerate(table.column("content").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("content"), "content", pa.array(texts, pa.string()))
+    source = tmp_path / "holes.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "index"
+    report = build_index(source, out, embedder=HashEmbedder(), allow_missing_text=True, progress=False)
+    assert report.metadata_only == 100
+    with duckdb.connect(str(out / "meta.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT vec_id, has_vector, content, row FROM tweets").fetchall()
+    assert [r[0] for r in rows] == list(range(700))
+    assert [r[3] for r in rows] == [i + 1 for i in range(700) if i % 7 != 3] + list(range(4, 701, 7))
+    assert all(has == (content is not None) for _, has, content, _ in rows)
+    with_text = {vec_id: content for vec_id, _, content, _ in rows if content}
+    word = next(w for w in with_text[42].split() if w.isalpha() and len(w) > 6)
+    hits = KeywordIndex.open(out).search(word, 5)
+    assert hits and all(word.lower() in with_text[vec_id].lower() for vec_id, _ in hits)
+    assert not list(tmp_path.glob(".index.scratch-*"))
+
+
+def test_a_killed_runs_scratch_folder_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    live = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SCRATCH, str(index)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        held = Path(live.stdout.readline().strip())
+        dead = tmp_path / ".index.scratch-0badc0de"
+        dead.mkdir()
+        (dead / "rows.arrow").write_bytes(b"left by a killed build")
+        Path(f"{dead}.lock").touch()
+        with scratch(index) as mine:
+            assert mine.is_dir() and held.is_dir() and not dead.exists()
+        assert not mine.exists() and held.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+
+
+_HOLD_SCRATCH = """
+import sys, time
+from pathlib import Path
+from retrieval.index.folder import scratch
+with scratch(Path(sys.argv[1])) as folder:
+    print(folder, flush=True)
+    time.sleep(60)
+"""

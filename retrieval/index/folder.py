@@ -87,6 +87,35 @@ def _clean_up(path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def scratch(path: Path) -> Iterator[Path]:
+    """A folder beside the index for one run's temporary files (the rows it loaded), removed when
+    the run ends. Beside, not in /tmp, which may be memory, and on the disk the index goes to.
+    Each is held under a lock of its own while its run lives, so a later run that can take one's
+    lock knows the run that made it was killed, and removes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.scratch-*.lock"):
+        lock = FileLock(stale)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        shutil.rmtree(stale.with_suffix(""), ignore_errors=True)
+        lock.release()
+        stale.unlink(missing_ok=True)
+    folder = path.parent / f".{path.name}.scratch-{uuid.uuid4().hex[:8]}"
+    lock = FileLock(f"{folder}.lock")
+    lock.acquire()
+    try:
+        folder.mkdir()
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.release()
+        Path(f"{folder}.lock").unlink(missing_ok=True)
+
+
 FULL_BELOW = 2**20
 """Free bytes under which a failed write is put down to a full disk (numpy and faiss report a
 short write without an errno)."""

@@ -14,7 +14,7 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,27 @@ def tokenize(text: str | None) -> list[str]:
     return tokens
 
 
-def build(folder: Path, texts: Sequence[str | None], vec_ids: np.ndarray) -> None:
-    """Write the keyword index of `texts` (one per vec_id) into folder/keywords/."""
+def build(folder: Path, batches: Iterable[tuple[np.ndarray, Sequence[str | None]]]) -> None:
+    """Write the keyword index of the texts, given a batch of (vec_ids, texts) at a time, into
+    folder/keywords/; nothing when there are none. Each text is kept as token ids, not strings,
+    until bm25s has them: a million tweets' tokens as strings are gigabytes."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG: one line per build
+    vocab: dict[str, int] = {}
+    docs: list[list[int]] = []
+    ids: list[np.ndarray] = []
+    for vec_ids, texts in batches:
+        docs += [[vocab.setdefault(token, len(vocab)) for token in tokenize(t) or ["\0"]] for t in texts]
+        ids.append(np.asarray(vec_ids, dtype=np.int64))
+    if not docs:
+        return
     target = Path(folder) / FOLDER
     target.mkdir(parents=True, exist_ok=True)
     retriever = bm25s.BM25()
-    retriever.index([tokenize(t) or ["\0"] for t in texts], show_progress=False)
+    retriever.index((docs, vocab), show_progress=False)
     retriever.save(str(target))
-    np.save(target / "vec_ids.npy", np.asarray(vec_ids, dtype=np.int64))
+    np.save(target / "vec_ids.npy", np.concatenate(ids))
 
 
 class KeywordIndex:

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import duckdb
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from retrieval.errors import IndexCorrupt, RetrievalError
 from retrieval.index import faiss_ops as fx
@@ -34,6 +35,8 @@ from retrieval.schema import INDEX_SCHEMA, TWEETS_TABLE_SQL
 log = logging.getLogger(__name__)
 
 EVAL_QUERIES = 1000
+BATCH_ROWS = 65_536
+"""Rows read at a time where a whole table would otherwise become Python objects."""
 TRUTH_K = 10
 IMAGE_PREFIX = "image/"
 """Where the image vector set keeps its trained index, shards and recall sample."""
@@ -111,37 +114,40 @@ def _write_faiss(index: faiss.Index, file: Path) -> None:
 
 
 def _write_table(
-    folder: Path, table: pa.Table, has_vector: np.ndarray, first_id: int, source: str, fresh: bool
+    folder: Path, table: pa.Table, has_vector: np.ndarray, vec_ids: np.ndarray, source: str, fresh: bool
 ) -> None:
-    """Append rows to meta.duckdb with vec_ids first_id.. in table order."""
-    n = table.num_rows
-    rows = table.append_column("vec_id", pa.array(np.arange(first_id, first_id + n, dtype=np.int64)))
-    rows = rows.append_column("has_vector", pa.array(has_vector.astype(bool)))
-    rows = rows.append_column("source", pa.array([source] * n, pa.string()))
+    """Append rows to meta.duckdb under their vec_ids: the rows with a vector, then the others,
+    each in file order, which is vec_id order, so nothing is sorted or copied on the way."""
+    rows = table.append_column("vec_id", pa.array(vec_ids)).append_column("has_vector", pa.array(has_vector))
+    picked = ", ".join("? AS source" if c == "source" else f'"{c}"' for c in COLUMNS)
     with duckdb.connect(str(folder / "meta.duckdb")) as con:
         if fresh:
             con.execute(TWEETS_TABLE_SQL)
         con.register("incoming", rows)
-        con.execute(f"INSERT INTO tweets SELECT {SELECT_COLUMNS} FROM incoming")
+        for vectors in (True, False):
+            con.execute(f"INSERT INTO tweets SELECT {picked} FROM incoming WHERE has_vector = ?", [source, vectors])
 
 
-def _write_keywords(folder: Path, old: Path | None, table: pa.Table, has_vector: np.ndarray, first_id: int) -> None:
-    """The keyword index over every row with a text vector: the old index's rows (`old`) and these."""
-    ids: list[int] = []
-    texts: list[str] = []
-    if old is not None:
-        with open_meta(old) as con:
-            rows = con.execute(
-                "SELECT vec_id, content FROM tweets WHERE has_vector AND content IS NOT NULL ORDER BY vec_id"
-            ).fetchall()
-        ids += [vec_id for vec_id, _ in rows]
-        texts += [content for _, content in rows]
-    for i, (content, vector) in enumerate(zip(table.column("content").to_pylist(), has_vector)):
-        if vector and content:
-            ids.append(first_id + i)
-            texts.append(content)
-    if ids:
-        keywords.build(folder, texts, np.array(ids, dtype=np.int64))
+def _write_keywords(
+    folder: Path, old: Path | None, table: pa.Table, has_vector: np.ndarray, vec_ids: np.ndarray
+) -> None:
+    """The keyword index over every row with a text vector: the old index's rows (`old`) and
+    these, read a batch at a time."""
+    valid = np.asarray(pc.is_valid(table.column("content")).to_numpy(zero_copy_only=False), bool)
+    order = np.flatnonzero(has_vector & valid)  # rows with vectors: their vec_ids rise in file order
+
+    def batches() -> Iterator[tuple[np.ndarray, list[str]]]:
+        if old is not None:
+            with open_meta(old) as con:
+                sql = "SELECT vec_id, content FROM tweets WHERE has_vector AND content IS NOT NULL ORDER BY vec_id"
+                for batch in con.sql(sql).to_arrow_reader(BATCH_ROWS):
+                    yield batch.column(0).to_numpy(), batch.column(1).to_pylist()
+        content = table.column("content")
+        for start in range(0, len(order), BATCH_ROWS):
+            rows = order[start : start + BATCH_ROWS]
+            yield vec_ids[rows], content.take(pa.array(rows)).to_pylist()
+
+    keywords.build(folder, batches())
 
 
 def _write_image_rows(folder: Path, first_pos: int, images: ImageVectors, vec_id_of_row: np.ndarray) -> None:
@@ -180,14 +186,13 @@ def _write_copies(folder: Path, copy_of: np.ndarray, where: np.ndarray) -> None:
         con.execute("INSERT INTO copies SELECT vec_id, copy_of FROM incoming")
 
 
-def _order_vectors_first(table: pa.Table, has_vector: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Rows with vectors take the contiguous ids the shards hold; metadata-only rows follow.
-
-    Also returns, for each original row, its position in the new order."""
+def _vectors_first(has_vector: np.ndarray) -> np.ndarray:
+    """Each row's place among the new ids: rows with vectors take the contiguous ids the shards
+    hold, in file order; metadata-only rows follow. The rows themselves stay where they are."""
     order = np.argsort(~has_vector, kind="stable")
     where = np.empty_like(order)
     where[order] = np.arange(len(order))
-    return table.take(pa.array(order)), has_vector[order], where
+    return where
 
 
 def _eval_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -328,14 +333,14 @@ def build(
     vectors = as_stream(vectors)
     if len(vectors) == 0 and (images is None or len(images.vectors) == 0):
         raise RetrievalError("nothing to index: no rows with text" + (" and no usable images" if images else ""))
-    table, has_vector, where = _order_vectors_first(table, has_vector)
+    where = _vectors_first(has_vector)
     version = _current_version(Path(out)) + 1
     with atomic_folder(out) as tmp:
         text = _new_set(
             tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget, on_disk=on_disk
         )
-        _write_table(tmp, table, has_vector, 0, source, fresh=True)
-        _write_keywords(tmp, None, table, has_vector, 0)
+        _write_table(tmp, table, has_vector, where, source, fresh=True)
+        _write_keywords(tmp, None, table, has_vector, where)
         if copy_of is not None:
             _write_copies(tmp, copy_of, where)
         image = None
@@ -371,13 +376,13 @@ def add(
     check(path, manifest)
     if images is not None and len(images.vectors) and manifest.image is None:
         raise RetrievalError(f"{path}: the index has no image vectors; rebuild it with a CLIP checkpoint")
-    table, has_vector, where = _order_vectors_first(table, has_vector)
+    where = _vectors_first(has_vector)
     first_id = manifest.next_id
     with atomic_folder(path) as tmp:
         _link_copy(path, tmp)
         text = _grow_set(path, tmp, manifest.text, "", vectors, first_id) if len(vectors) else manifest.text
-        _write_table(tmp, table, has_vector, first_id, source, fresh=False)
-        _write_keywords(tmp, path, table, has_vector, first_id)
+        _write_table(tmp, table, has_vector, where + first_id, source, fresh=False)
+        _write_keywords(tmp, path, table, has_vector, where + first_id)
         image = manifest.image
         if images is not None and image is not None:
             image = _grow_images(path, tmp, image, images)

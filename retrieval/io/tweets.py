@@ -11,7 +11,10 @@ import html
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime
@@ -20,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from retrieval.errors import DataError
+from retrieval.errors import DataError, RetrievalError
 from retrieval.io.formats import BAD, READERS, Batch, message, reading
 from retrieval.io.media_values import read_media
 from retrieval.schema import TWEET_SCHEMA
@@ -228,19 +231,34 @@ def _convert(batch: Batch, fields: dict[str, str], first_row: int, require_text:
     return pa.RecordBatch.from_arrays(arrays, schema=TWEET_SCHEMA)
 
 
+@contextmanager
+def _writing(spill: Path | None) -> Iterator[None]:
+    """A failed write of the loaded rows (a full disk, a missing folder) as one line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        code = e.errno or next(map(int, re.findall(r"\[errno (\d+)\]", str(e))), None)  # pyarrow's are in the text
+        cause = os.strerror(code) if code else str(e).strip().splitlines()[0]
+        raise RetrievalError(message(Path(str(spill)), f"cannot write the rows read ({cause})")) from None
+
+
 def load_tweets(
     path: str | Path,
     columns: Mapping[str, str] | None = None,
     *,
     require_text: bool = True,
     encoding: str | None = None,
+    spill: Path | None = None,
 ) -> LoadResult:
     """Load one file into a TWEET_SCHEMA table, batch by batch, returning rejects beside it.
 
     `columns` maps our field names to the file's columns where the defaults do not fit.
     With require_text=False, rows without text are kept (likes-only metadata) and the
     likes column is required instead of the text column. `encoding` is for CSV files that
-    are not UTF-8 (detected when not given).
+    are not UTF-8 (detected when not given). With `spill`, the clean rows are written to that
+    Arrow file as they are read and the table comes back memory-mapped from it: a build of
+    millions of tweets then holds its metadata in the page cache, which the kernel can drop,
+    instead of in the process's own memory (about 1.3 KB a tweet).
     """
     source = Path(path)
     if not source.is_file():
@@ -251,6 +269,10 @@ def load_tweets(
     batches = reader(source, encoding)
     seen = _Seen()
     kept: list[pa.RecordBatch] = []
+    sink = None
+    if spill:
+        with _writing(spill):
+            sink = pa.ipc.new_file(str(spill), TWEET_SCHEMA)
     read = 0
     try:
         with reading(source):
@@ -261,11 +283,22 @@ def load_tweets(
                 batch = next(batches, None)
             if batch is None:
                 break
-            kept.append(_convert(batch, fields, read + 1, require_text, seen))
+            clean = _convert(batch, fields, read + 1, require_text, seen)
+            if sink:
+                with _writing(spill):
+                    sink.write_batch(clean)
+            else:
+                kept.append(clean)
             read += len(next(iter(batch.values())))
     finally:
         batches.close()
+        if sink:
+            with _writing(spill):
+                sink.close()
     table = pa.Table.from_batches(kept, schema=TWEET_SCHEMA)
+    if spill:
+        table = pa.ipc.open_file(pa.memory_map(str(spill))).read_all()
+        pa.default_memory_pool().release_unused()  # what the batches used, kept by the allocator
     if seen.epoch_units:
         units = " and ".join(sorted(seen.epoch_units))
         logger.warning("%s: dates are numbers, read as Unix time in %s (UTC)", source, units)

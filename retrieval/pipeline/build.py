@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from retrieval.embed.cache import CachedEmbedder, cached_text_embedder
@@ -28,13 +27,13 @@ from retrieval.embed.text import (
 from retrieval.errors import DataError, RetrievalError
 from retrieval.index import faiss_ops as fx
 from retrieval.index import store
-from retrieval.index.folder import writer
+from retrieval.index.folder import scratch, writer
 from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.reader import IndexReader
 from retrieval.index.store import ImageVectors
 from retrieval.io.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.io.tweets import LoadResult, Reject, load_tweets, write_rejects
-from retrieval.pipeline.embedded import DEFAULT_BATCH, EmbeddedTexts
+from retrieval.pipeline.embedded import DEFAULT_BATCH, EmbeddedTexts, TextColumn
 from retrieval.schema import TWEET_SCHEMA
 
 if TYPE_CHECKING:
@@ -102,10 +101,12 @@ class ImageSource:
     """Images fetched and embedded at a time: decoded images are large, so they never all sit in memory."""
 
 
-def _texts(table: pa.Table) -> tuple[list[str], np.ndarray]:
+def _texts(table: pa.Table) -> tuple[TextColumn, np.ndarray]:
     """The texts to embed, in table order, and which rows have one."""
-    has_text = np.asarray(pc.is_valid(table.column("content")).to_numpy(zero_copy_only=False), dtype=bool)
-    return [t for t in table.column("content").to_pylist() if t is not None], has_text
+    texts = TextColumn(table.column("content"))
+    has_text = np.zeros(table.num_rows, bool)
+    has_text[texts.rows] = True
+    return texts, has_text
 
 
 def _memory_line(vectors: EmbeddedTexts, manifest: Manifest, new_shards: int) -> str:
@@ -260,50 +261,53 @@ def build_index(
     Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
     source, out = Path(source), Path(out)
-    if source.is_dir():
-        loaded, text = load_image_folder(source), False  # an empty folder fails here, before the CLIP check
-        if images is None:
-            raise RetrievalError(f"{source}: a folder of images needs a CLIP model", hint="clip_checkpoint")
-    else:
-        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
-    if text:
-        embedder = embedder or text_embedder("mpnet")
-    texts, has_vector = _texts(loaded.table) if text else ([], np.zeros(loaded.table.num_rows, bool))
-    vectors: EmbeddedTexts | np.ndarray = np.zeros((0, 0), "float32")
-    if text and embedder is not None:
-        vectors = EmbeddedTexts(embedder, texts, batch, progress)
-    image_vectors = embed_images(loaded.table, images, progress=progress) if images else None
-    if source.is_dir() and image_vectors is not None:
-        loaded, image_vectors = _only_rows_with_images(loaded, image_vectors)
-        has_vector = np.zeros(loaded.table.num_rows, bool)
-    if loaded.table.num_rows == 0:
-        raise _nothing_to_index(loaded, out.parent / f"{out.name}.rejects.jsonl")
-    copy_of = None
-    if dedup is not None and embedder is not None and texts:
-        everything = embedder.encode(texts, progress=progress)
-        vectors, has_vector, copy_of = fold_near_copies(everything, has_vector, dedup)
-    with writer(out, wait=wait):
-        manifest = store.build(
-            out,
-            vectors,
-            loaded.table,
-            has_vector,
-            embedder=embedder_info(embedder) if text and embedder else {"name": None, "dim": 0},
-            factory=factory,
-            shards=shards,
-            memory_budget=memory_budget,
-            on_disk=on_disk,
-            source=str(source),
-            images=image_vectors,
-            copy_of=copy_of,
-        )
-        used = embedder if text else None
-        copies = int((copy_of >= 0).sum()) if copy_of is not None else 0
-        memory = (
-            _memory_line(vectors, manifest, len(manifest.text.shards)) if isinstance(vectors, EmbeddedTexts) else ""
-        )
-        rejects = list(loaded.rejects)
-        return _report(loaded, loaded.table, has_vector, rejects, out, manifest, used, image_vectors, copies, memory)
+    with scratch(out) as room:
+        if source.is_dir():
+            loaded, text = load_image_folder(source), False  # an empty folder fails here, before the CLIP check
+            if images is None:
+                raise RetrievalError(f"{source}: a folder of images needs a CLIP model", hint="clip_checkpoint")
+        else:
+            needs_text = text and not allow_missing_text
+            loaded = load_tweets(source, columns, require_text=needs_text, encoding=encoding, spill=room / "rows.arrow")
+        if text:
+            embedder = embedder or text_embedder("mpnet")
+        texts, has_vector = _texts(loaded.table) if text else (None, np.zeros(loaded.table.num_rows, bool))
+        vectors: EmbeddedTexts | np.ndarray = np.zeros((0, 0), "float32")
+        if texts is not None and embedder is not None:
+            vectors = EmbeddedTexts(embedder, texts, batch, progress)
+        image_vectors = embed_images(loaded.table, images, progress=progress) if images else None
+        if source.is_dir() and image_vectors is not None:
+            loaded, image_vectors = _only_rows_with_images(loaded, image_vectors)
+            has_vector = np.zeros(loaded.table.num_rows, bool)
+        if loaded.table.num_rows == 0:
+            raise _nothing_to_index(loaded, out.parent / f"{out.name}.rejects.jsonl")
+        copy_of = None
+        if dedup is not None and embedder is not None and texts is not None and len(texts):
+            everything = embedder.encode(texts.pick(np.arange(len(texts))), progress=progress)
+            vectors, has_vector, copy_of = fold_near_copies(everything, has_vector, dedup)
+        with writer(out, wait=wait):
+            manifest = store.build(
+                out,
+                vectors,
+                loaded.table,
+                has_vector,
+                embedder=embedder_info(embedder) if text and embedder else {"name": None, "dim": 0},
+                factory=factory,
+                shards=shards,
+                memory_budget=memory_budget,
+                on_disk=on_disk,
+                source=str(source),
+                images=image_vectors,
+                copy_of=copy_of,
+            )
+            used = embedder if text else None
+            copies = int((copy_of >= 0).sum()) if copy_of is not None else 0
+            memory = (
+                _memory_line(vectors, manifest, len(manifest.text.shards)) if isinstance(vectors, EmbeddedTexts) else ""
+            )
+            rejects = list(loaded.rejects)
+            table = loaded.table
+            return _report(loaded, table, has_vector, rejects, out, manifest, used, image_vectors, copies, memory)
 
 
 def _nothing_to_index(loaded: LoadResult, rejects_path: Path) -> DataError:
@@ -339,10 +343,12 @@ def add_to_index(
     (or fail at once with `wait=False`) and none loses another's rows.
     """
     path = Path(path)
-    with writer(path, wait=wait, create=False):
+    with writer(path, wait=wait, create=False), scratch(path) as room:
         manifest = read_manifest(path)
         text = manifest.has_text
-        loaded = load_tweets(source, columns, require_text=text and not allow_missing_text, encoding=encoding)
+        loaded = load_tweets(
+            source, columns, require_text=text and not allow_missing_text, encoding=encoding, spill=room / "rows.arrow"
+        )
         return _add(loaded, path, manifest, embedder, progress, images, batch)
 
 
@@ -383,8 +389,8 @@ def _add(
         images.clip.check_built_with(manifest.image.embedder, path)
     elif manifest.image is not None:
         log.warning("%s has image vectors but no CLIP model was given: the new tweets' images are not embedded", path)
-    texts, has_vector = _texts(table) if text else ([], np.zeros(table.num_rows, bool))
-    vectors = EmbeddedTexts(embedder, texts, batch, progress) if text and embedder is not None else None
+    texts, has_vector = _texts(table) if text else (None, np.zeros(table.num_rows, bool))
+    vectors = EmbeddedTexts(embedder, texts, batch, progress) if texts is not None and embedder is not None else None
     image_vectors = embed_images(table, images, progress=progress) if images else None
     manifest = store.add(
         path,

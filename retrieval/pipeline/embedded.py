@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from retrieval.embed.text import Embedder
 
 DEFAULT_BATCH = 8192
 """Texts embedded and added between two steps: 24 MB of 768-d vectors, small next to a model."""
+
+
+class TextColumn:
+    """The texts of a table's rows that have one, taken from its column when asked for: a
+    million tweets as Python strings are gigabytes, their (memory-mapped) column is not."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+        self.rows = np.flatnonzero(pc.is_valid(column).to_numpy(zero_copy_only=False))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pick(self, positions: np.ndarray) -> list[str]:
+        """The texts at these positions (0 is the first row with a text)."""
+        return self.column.take(pa.array(self.rows[positions])).to_pylist()
 
 
 class EmbeddedTexts:
@@ -20,7 +38,7 @@ class EmbeddedTexts:
     the file; with the cached embedder every 512 texts are on disk as soon as they are embedded,
     so a killed build started again embeds only what it had not."""
 
-    def __init__(self, embedder: Embedder, texts: Sequence[str], batch: int = DEFAULT_BATCH, progress: bool = True):
+    def __init__(self, embedder: Embedder, texts: TextColumn, batch: int = DEFAULT_BATCH, progress: bool = True):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         self.embedder = embedder
@@ -38,7 +56,7 @@ class EmbeddedTexts:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         self.kept_rows = np.asarray(rows, np.int64)
-        self.kept = self.embedder.encode([self.texts[i] for i in self.kept_rows], progress=self.progress)
+        self.kept = self.embedder.encode(self.texts.pick(self.kept_rows), progress=self.progress)
         self.peak_held = len(self.kept_rows)
         return self.kept
 
@@ -56,6 +74,6 @@ class EmbeddedTexts:
         out[kept] = self.kept[at[kept]]
         fresh = rows[~kept]
         if len(fresh):
-            out[~kept] = self.embedder.encode([self.texts[i] for i in fresh])
+            out[~kept] = self.embedder.encode(self.texts.pick(fresh))
             self.peak_held = max(self.peak_held, len(self.kept_rows) + len(rows))
         return out
