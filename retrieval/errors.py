@@ -3,9 +3,10 @@ its own way (the CLI names its flag, an HTTP API its field)."""
 
 from __future__ import annotations
 
-HINTS = ("clip_checkpoint", "precision", "date", "verify", "encoding")
+HINTS = ("clip_checkpoint", "precision", "date", "verify", "encoding", "ids")
 """What an error may ask for: a CLIP checkpoint, another precision (`value`), a later or no
-query date, a full check of the index (`value`: its path), a text encoding."""
+query date, a full check of the index (`value`: its path), a text encoding, reading a file
+without its id column."""
 
 
 class RetrievalError(Exception):

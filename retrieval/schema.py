@@ -46,6 +46,13 @@ TWEETS_TABLE_SQL = (
 )
 
 
+def account(name: str | None) -> str | None:
+    """An account as the index keeps it and a query names it: without surrounding spaces or a
+    leading "@" (people type handles both ways); None for a blank one."""
+    name = (name or "").strip().lstrip("@").strip()
+    return name or None
+
+
 def stored_media(value: str | None) -> list[Medium]:
     """The media of a row of an index, which keeps them as JSON text of `Medium` objects (a file's
     media in any other form are read by `retrieval.io.media_values.read_media`)."""

@@ -365,7 +365,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """k-recall@k: the share of the true top-k that the found top-k holds (FAISS's definition)."""
     if found.shape[0] != truth.shape[0]:
         raise ValueError(f"results for {found.shape[0]} queries, truth for {truth.shape[0]}")
-    hits = [len(set(f[:k]) & set(t[:k]) - {-1}) / k for f, t in zip(found, truth)]
+    # an index of fewer than k rows has fewer true neighbours (-1 pads the rest)
+    hits = [len(set(f[:k]) & set(t[:k]) - {-1}) / max(1, len(set(t[:k]) - {-1})) for f, t in zip(found, truth)]
     return float(np.mean(hits))
 
 

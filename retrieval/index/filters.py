@@ -6,6 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from retrieval.schema import account
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -16,6 +18,9 @@ class Filters:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     min_likes: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "username", account(self.username))
 
     def where(self) -> tuple[str, list[Any]]:
         """A WHERE clause over `tweets` (TRUE when nothing is filtered) and its parameters."""

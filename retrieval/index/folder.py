@@ -87,6 +87,21 @@ def _clean_up(path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_replaceable(out: Path, source: Path | None = None) -> None:
+    """A build replaces its target whole: refuse a target that is not an index (a file, or a
+    folder with other things in it) or that holds the file being read, instead of deleting it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RetrievalError(f"{out}: is a file, not an index folder; choose another place for the index")
+    if out.is_dir() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise RetrievalError(
+            f"{out}: a folder that is not an index (no manifest.json) and not empty; "
+            "a build would replace everything in it: choose another place for the index"
+        )
+    if source is not None and out.is_dir() and Path(source).resolve().is_relative_to(out.resolve()):
+        raise RetrievalError(f"{source}: is inside {out}, which the build replaces; move it or build elsewhere")
+
+
 @contextmanager
 def scratch(path: Path) -> Iterator[Path]:
     """A folder beside the index for one run's temporary files (the rows it loaded), removed when

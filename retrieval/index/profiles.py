@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -159,8 +159,8 @@ class ProfileStore:
             ],
             schema=SCHEMA,
         )
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
+        # a name of its own, not mkstemp's file: that one is private (0600), the file is for sharing
+        tmp = str(self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"))
         try:
             pq.write_table(table, tmp)
             with open(tmp, "rb") as f:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from retrieval.errors import DataError, RetrievalError
 from retrieval.io.formats import BAD, READERS, Batch, message, reading
 from retrieval.io.media_values import read_media
-from retrieval.schema import TWEET_SCHEMA
+from retrieval.schema import TWEET_SCHEMA, account
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,16 @@ def _resolve_columns(path: Path, names: list[str], overrides: Mapping[str, str],
     for field, candidates in DEFAULT_COLUMNS.items():
         if field in overrides:
             wanted = overrides[field]
+            if not wanted:  # mapped to nothing: the file's column of that name is not this field
+                continue
             if (column := wanted if wanted in names else folded.get(wanted.casefold())) is None:
                 raise DataError(message(path, f"column {wanted!r} (for {field}) not in file; it has: {listing}"))
             found[field] = column
         elif column := next((folded[c] for c in candidates if c in folded), None):
             found[field] = column
     needed = "text" if require_text else "likes"
+    if not names:
+        raise DataError(message(path, "empty file: no header row, no rows"))
     if needed not in found:
         tried = ", ".join(DEFAULT_COLUMNS[needed])
         raise DataError(message(path, f"no {needed} column (tried {tried}); it has: {listing}"))
@@ -197,7 +201,7 @@ def _clean_row(
             raise _Rejected("id", f"duplicate id {tweet_id}", raw_id)
         seen.ids.add(tweet_id)
     media_json = _JSON(read_media(media))
-    return (tweet_id, when, _clean_str(user), _clean_str(company), likes, text, media_json)
+    return (tweet_id, when, account(_clean_str(user)), _clean_str(company), likes, text, media_json)
 
 
 @dataclass
@@ -252,7 +256,8 @@ def load_tweets(
 ) -> LoadResult:
     """Load one file into a TWEET_SCHEMA table, batch by batch, returning rejects beside it.
 
-    `columns` maps our field names to the file's columns where the defaults do not fit.
+    `columns` maps our field names to the file's columns where the defaults do not fit; a field
+    mapped to "" is read from no column (`{"id": ""}`: ids that number the file's own rows).
     With require_text=False, rows without text are kept (likes-only metadata) and the
     likes column is required instead of the text column. `encoding` is for CSV files that
     are not UTF-8 (detected when not given). With `spill`, the clean rows are written to that

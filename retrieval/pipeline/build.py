@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,13 @@ from retrieval.embed.text import (
     Embedder,
     Precision,
     check_same_embedder,
-    embedder_for_index,
     embedder_info,
     index_precision,
-    text_embedder,
 )
 from retrieval.errors import DataError, RetrievalError
 from retrieval.index import faiss_ops as fx
 from retrieval.index import store
-from retrieval.index.folder import scratch, writer
+from retrieval.index.folder import check_replaceable, scratch, writer
 from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.reader import IndexReader
 from retrieval.index.store import ImageVectors
@@ -53,6 +52,8 @@ class BuildReport:
     rejected: int
     rejects_path: Path | None
     manifest: Manifest
+    rejected_by: dict[str, int] = dataclasses.field(default_factory=dict)
+    """How many rows each field rejected (id, date, likes, ...), for the summary."""
 
     images: ImageVectors | None = None
     text: bool = True
@@ -64,7 +65,8 @@ class BuildReport:
     def summary(self) -> str:
         line = f"read {self.read}, indexed {self.indexed}, rejected {self.rejected}"
         if self.rejects_path:
-            line += f" (see {self.rejects_path})"
+            fields = ", ".join(f"{n} {field}" for field, n in sorted(self.rejected_by.items(), key=lambda x: -x[1]))
+            line += f" ({fields}; see {self.rejects_path})"
         if self.text and self.metadata_only:
             line += f"; {self.metadata_only} metadata-only rows without text"
         if self.near_copies:
@@ -180,6 +182,7 @@ def _report(
         from_cache=embedder.hits if isinstance(embedder, CachedEmbedder) else 0,
         rejected=len(rejects),
         rejects_path=rejects_path,
+        rejected_by=dict(Counter(r.field for r in rejects)),
         manifest=manifest,
         images=images,
         text=manifest.has_text,
@@ -261,6 +264,7 @@ def build_index(
     Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
     source, out = Path(source), Path(out)
+    check_replaceable(out, source)
     with scratch(out) as room:
         if source.is_dir():
             loaded, text = load_image_folder(source), False  # an empty folder fails here, before the CLIP check
@@ -270,7 +274,7 @@ def build_index(
             needs_text = text and not allow_missing_text
             loaded = load_tweets(source, columns, require_text=needs_text, encoding=encoding, spill=room / "rows.arrow")
         if text:
-            embedder = embedder or text_embedder("mpnet")
+            embedder = embedder or cached_text_embedder("mpnet")
         texts, has_vector = _texts(loaded.table) if text else (None, np.zeros(loaded.table.num_rows, bool))
         vectors: EmbeddedTexts | np.ndarray = np.zeros((0, 0), "float32")
         if texts is not None and embedder is not None:
@@ -310,15 +314,20 @@ def build_index(
             return _report(loaded, table, has_vector, rejects, out, manifest, used, image_vectors, copies, memory)
 
 
-def _nothing_to_index(loaded: LoadResult, rejects_path: Path) -> DataError:
-    """Every row was rejected: say why for the first one and where the others are."""
+def _nothing_to_index(loaded: LoadResult, rejects_path: Path, what: str = "index") -> DataError:
+    """Every row was rejected: say why for the first one and where the others are. When every
+    id is one the index holds, the file's ids are likely its own numbering (the challenge's
+    splits each count from 1), not the same tweets: say how to read it without them."""
     if not loaded.rejects:
         return DataError(f"{loaded.path}: no rows")
     write_rejects(loaded.rejects, rejects_path)
     first = loaded.rejects[0]
+    known = all(r.reason.endswith("(already in the index)") for r in loaded.rejects)
     return DataError(
-        f"{loaded.path}: nothing to index: all {loaded.read} rows rejected "
+        f"{loaded.path}: nothing to {what}: all {loaded.read} rows rejected "
         f"(row {first.row}, {first.field}: {first.reason}, {first.value[:40]!r}; see {rejects_path})"
+        + ("; if its ids are not the index's tweet ids, read it without them" if known else ""),
+        hint="ids" if known else None,
     )
 
 
@@ -380,8 +389,10 @@ def _add(
 ) -> BuildReport:
     text = manifest.has_text
     table, rejects = _drop_known_ids(path, loaded)
+    if table.num_rows == 0:
+        raise _nothing_to_index(LoadResult(loaded.path, table, loaded.read, rejects), path / "rejects.jsonl", "add")
     if text:
-        embedder = embedder or embedder_for_index(manifest.text.embedder)
+        embedder = embedder or embedder_for_adding(path)
         check_same_embedder(manifest.text.embedder, embedder, path)
     if images is not None:
         if manifest.image is None:

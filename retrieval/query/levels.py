@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from statistics import pstdev
 
+from retrieval.schema import account
+
 ACCOUNT_SHRINK = 0.75
 """Pseudo-count pulling an account's mean towards its company's (tuned by CV, docs/likes.md)."""
 COMPANY_SHRINK = 0.5
@@ -16,8 +18,10 @@ COMPANY_SHRINK = 0.5
 
 
 def key(name: str | None) -> str | None:
-    """Accounts and companies match case-insensitively, as the search filters do."""
-    return name.strip().lower() if name and name.strip() else None
+    """Accounts and companies match case-insensitively, as the search filters do, and an
+    account with or without its "@"."""
+    name = account(name)
+    return name.lower() if name else None
 
 
 @dataclass(frozen=True)

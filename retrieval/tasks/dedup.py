@@ -4,7 +4,7 @@ of each did best, so a marketer can clean an archive or see how often a template
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,8 +165,8 @@ def write_members(duplicates: Duplicates, path: str | Path) -> Path:
         raise RetrievalError(f"{path}: write the groups to a .parquet or .csv file")
     if not path.parent.is_dir():
         raise RetrievalError(f"{path}: no folder {path.parent}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # a name of its own, not mkstemp's file: that one is private (0600), the file is for sharing
+    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"))
     try:
         if path.suffix.lower() == ".csv":
             pacsv.write_csv(duplicates.members, tmp)

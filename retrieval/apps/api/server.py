@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +42,19 @@ def load(
     return create_app(indexes, model=model, token=token, cors=cors)
 
 
-def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 32) -> None:
-    """Serve until interrupted; the sync routes run on a pool of `workers` threads."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything loads: a port in use is a one-line error at
+    once, not after seconds of loading and a URL that belongs to another server. Port 0 picks
+    a free one (the socket says which)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise RetrievalError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another port") from None
+
+
+def run(app: FastAPI, sock: socket.socket, *, workers: int = 32) -> None:
+    """Serve on `sock` until interrupted; the sync routes run on a pool of `workers` threads."""
     import anyio.to_thread
     import uvicorn
 
@@ -50,4 +62,4 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, workers: int
         anyio.to_thread.current_default_thread_limiter().total_tokens = workers
 
     app.router.on_startup.append(pool)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])

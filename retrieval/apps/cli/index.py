@@ -18,6 +18,7 @@ from retrieval.apps.cli.options import (
     SOURCE,
     TEXT_MODEL,
     image_source,
+    interrupted_write,
     parse_bytes,
     parse_columns,
     root_threads,
@@ -107,7 +108,7 @@ def index_build(
 
     out = out or Path("indexes") / source.stem
     text = not no_text and not source.is_dir()
-    with user_errors():
+    with user_errors(), interrupted_write():
         clip = clip_for(clip_checkpoint, clip_model)
         if clip is None and no_text and not source.is_dir():
             raise click.ClickException(
@@ -173,7 +174,7 @@ def index_add(
     from retrieval.pipeline.build import add_to_index, embedder_for_adding
     from retrieval.query.search import index_clip
 
-    with user_errors():
+    with user_errors(), interrupted_write():
         embedder = embedder_for_adding(
             index_path, precision=precision, batch_size=batch_size, threads=root_threads(), cache=not no_cache
         )  # type: ignore[arg-type]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import TextIO
 
 import click
@@ -33,6 +35,10 @@ from retrieval.apps.cli.serve import serve  # noqa: E402
 )
 def cli(verbose: int, quiet: bool, threads: int | None) -> None:
     """Vector search over brand tweets: build an index, find similar tweets, predict likes, write tweets."""
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (`timeout`, `docker stop`, a job scheduler) unwinds like Ctrl-C, so a build's
+        # temporary folders are removed on the way out instead of left beside the index
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     if not logging.getLogger().handlers:  # as basicConfig checks, so a second call dups no descriptor
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())

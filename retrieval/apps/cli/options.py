@@ -4,6 +4,7 @@ library error becomes one line on stderr."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ HINTS = {
     "date": "give a later --date or none",
     "verify": "run `index verify --index {value}`",
     "encoding": "give --encoding, e.g. cp1252 or latin-1",
+    "ids": "add --column id= to read no ids",
 }
 """How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
 SPACES = ("text", "image")
@@ -150,13 +152,28 @@ def parse_days(text: str) -> float:
     return float(found[1]) * units[found[2] or "d"]
 
 
+@contextmanager
+def interrupted_write() -> Iterator[None]:
+    """Ctrl-C during a build or add (or SIGTERM, which the CLI turns into one): say what is kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: the index is as it was (a build or add publishes whole or not at all); "
+            "the texts embedded so far are in the cache, so the same command goes on from there",
+            err=True,
+        )
+        sys.exit(130)
+
+
 INPUT_FILE = combine(
     click.option(
         "--column",
         "columns",
         multiple=True,
         metavar="FIELD=COLUMN",
-        help="Map a field (id, text, username, company, date, likes, media) to a column of the file.",
+        help="Map a field (id, text, username, company, date, likes, media) to a column of the file; "
+        "id= reads no ids (for a file whose ids number its own rows, not tweets).",
     ),
     click.option(
         "--encoding",
@@ -302,8 +319,9 @@ def parse_columns(pairs: tuple[str, ...]) -> dict[str, str]:
     columns = {}
     for pair in pairs:
         field, sep, name = pair.partition("=")
-        if not sep or not field or not name:
-            raise click.BadParameter(f"{pair!r}: expected FIELD=COLUMN, e.g. text=body", param_hint="--column")
+        if not sep or not field or not (name or field.strip() == "id"):
+            expected = "expected FIELD=COLUMN, e.g. text=body (or id= for no ids)"
+            raise click.BadParameter(f"{pair!r}: {expected}", param_hint="--column")
         columns[field.strip()] = name.strip()
     return columns
 

@@ -50,7 +50,7 @@ def serve(
     clip_model: str | None,
 ) -> None:
     """Serve indexes over HTTP: JSON under /v1/ (schema at /docs) and a web page at /."""
-    from retrieval.apps.api.server import load, run
+    from retrieval.apps.api.server import listen, load, run
 
     if token_file is not None:
         token = token_file.read_text(errors="replace").strip()
@@ -59,6 +59,7 @@ def serve(
     if host not in LOCAL and not token:
         raise click.ClickException(f"--host {host} would open the server to the network: give --token or --token-file")
     with user_errors():
+        sock = listen(host, port)
         app = load(index_paths, llm=llm_path, generation=not no_llm, clip_checkpoint=clip_checkpoint,
                    clip_model=clip_model, token=token, cors=cors, threads=root_threads())  # fmt: skip
     for index in app.state.indexes:
@@ -66,7 +67,7 @@ def serve(
         click.echo(f"index {index.name}: version {manifest.version}, {manifest.next_id} rows ({index.path})", err=True)
     model = app.state.model
     click.echo(f"model {model.generator.name if model else 'none (--no-llm)'}", err=True)
-    click.echo(
-        f"open http://{'127.0.0.1' if host in LOCAL else host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True
-    )
-    run(app, host=host, port=port, workers=workers)
+    shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else (f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    click.echo(f"open {url}  (API docs: /docs; Ctrl-C stops)", err=True)
+    run(app, sock, workers=workers)

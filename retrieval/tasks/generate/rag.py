@@ -22,7 +22,8 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.index.filters import Filters
-from retrieval.schema import stored_media
+from retrieval.query.levels import key
+from retrieval.schema import account, stored_media
 from retrieval.tasks.generate.llm import Generator, Messages
 from retrieval.tasks.generate.originality import Nearest, account_centroid, brand_voice, nearest_past
 from retrieval.tasks.generate.postprocess import HYPERLINK, MAX_CHARS, MENTION, postprocess
@@ -55,6 +56,9 @@ class Brief:
     media: str = ""
     likes: int | None = None
     topic: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "username", account(self.username) or self.username)
 
     def query_text(self) -> str:
         """The text embedded to find exemplars: what the tweet is about, then whose it is."""
@@ -198,7 +202,7 @@ def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> lis
 
 def account_company(searcher: Searcher, username: str) -> str | None:
     """The company the index knows for an account (its most frequent), or None."""
-    return searcher.reader.account_companies().get(username.strip().lower())
+    return searcher.reader.account_companies().get(key(username) or "")
 
 
 def find_exemplars(
@@ -256,7 +260,8 @@ def find_exemplars(
     if not chosen:
         log.warning("no past tweets to learn from: generating from the brief alone")
     elif chosen[0].level != "account":
-        log.warning("%s has no earlier tweets in the index: exemplars come from %s", brief.username, chosen[0].level)
+        where = "its company's tweets" if chosen[0].level == "company" else "every account's tweets"
+        log.warning("%s has no earlier tweets in the index: exemplars come from %s", brief.username, where)
     return chosen
 
 

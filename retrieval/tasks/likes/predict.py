@@ -39,6 +39,7 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.query.levels import ACCOUNT_SHRINK, COMPANY_SHRINK, GroupStats, Prior, key
+from retrieval.schema import account
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,9 @@ class Query:
     username: str | None
     company: str | None = None
     date: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "username", account(self.username))
 
 
 @dataclass(frozen=True)
