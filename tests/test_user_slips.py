@@ -122,3 +122,22 @@ def test_sigterm_during_a_build_leaves_no_temporary_folder(tmp_path: Path) -> No
     assert proc.returncode == 130 and "interrupted: the index is as it was" in err
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".index.") and p.name != ".index.lock")
     assert not out.exists() and left == [], json.dumps(left)
+
+
+def test_a_search_that_finds_nothing_says_which_filter_left_nothing(minilm_index: Path) -> None:
+    import datetime as dt
+
+    from retrieval.index.reader import IndexReader
+
+    with IndexReader(minilm_index) as reader:
+        first, *others = reader.rows(list(range(600)))
+        other = next(r for r in others if r["company"] != first["company"])
+        assert reader.why_nothing(Filters()) is None
+        assert reader.why_nothing(Filters(username="@nosuchuser")) == "no tweets by nosuchuser in this index"
+        assert reader.why_nothing(Filters(min_likes=10)) == "no tweets with 10 likes or more (likes known for 0 tweets)"
+        late, early = dt.datetime(2023, 1, 1), dt.datetime(2021, 1, 1)
+        assert "since is after until" in reader.why_nothing(Filters(since=late, until=early))
+        both = Filters(username=first["username"], company=other["company"])
+        assert reader.why_nothing(both) == "no tweet passes all the filters together"
+    result = CliRunner().invoke(cli, ["similar", "hiring", "--index", str(minilm_index), "--username", "nosuchuser"])
+    assert result.exit_code == 0 and result.output.strip() == "no tweets match: no tweets by nosuchuser in this index"

@@ -151,6 +151,29 @@ class IndexReader:
             sql = f"SELECT i.pos FROM image_vectors i JOIN tweets USING (vec_id) WHERE {where} ORDER BY i.pos"
         return np.asarray(self.con.execute(sql, params).fetchnumpy()["pos"], dtype=np.int64)
 
+    def why_nothing(self, filters: Filters) -> str | None:
+        """For a search that found nothing: the filter no tweet with a vector passes on its own,
+        in words, or that only their combination leaves none; None without filters."""
+        if not filters.active():
+            return None
+        if filters.since and filters.until and filters.since > filters.until:
+            return "the date range is empty: since is after until"
+        alone = {
+            "username": f"no tweets by {filters.username} in this index",
+            "company": f"no tweets of the company {filters.company} in this index",
+            "since": f"no tweets dated {filters.since:%Y-%m-%d} or later" if filters.since else "",
+            "until": f"no tweets dated {filters.until:%Y-%m-%d} or earlier" if filters.until else "",
+            "min_likes": f"no tweets with {filters.min_likes} likes or more (likes known for {{known}} tweets)",
+        }
+        for name, words in alone.items():
+            if getattr(filters, name) is None:
+                continue
+            where, params = Filters(**{name: getattr(filters, name)}).where()
+            if not self.con.execute(f"SELECT count(*) FROM tweets WHERE has_vector AND {where}", params).fetchone()[0]:
+                known = self.con.execute("SELECT count(likes) FROM tweets WHERE has_vector").fetchone()[0]
+                return words.format(known=known)
+        return "no tweet passes all the filters together"
+
     def keyword_search(self, query: str, k: int, *, filters: Filters | None = None) -> list[tuple[int, float]]:
         """Up to k (vec_id, BM25 score) pairs for the words of `query`, best first, filtered like
         vector search (the same bound SQL)."""

@@ -89,6 +89,7 @@ def plan_search(vset: VectorSet, allowed: np.ndarray | None, nprobe: int) -> Sea
     if not nlist:
         return SearchPlan(name, "exact", total, allowed, 0, f"{vset.info.factory} index: every vector is compared")
     if allowed is None:
+        nprobe = min(nprobe, nlist)  # faiss visits at most every list, and so does the plan
         return SearchPlan(name, "ivf", total, None, nprobe, f"no filter: {nprobe} of {nlist} lists")
     admitted = len(allowed)
     if admitted < EXACT_FILTER_BELOW:

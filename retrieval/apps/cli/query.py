@@ -108,6 +108,7 @@ def similar(
             )
         searched = "image" if image_path is not None else space
         plan = searcher.reader.plan(filters, nprobe=nprobe, space=searched) if explain else None
+        why_none = searcher.reader.why_nothing(filters) if not hits and not as_json else None
     if plan is not None and not as_json:
         click.echo(f"search: {plan.path} ({plan.reason})")
     if as_json and plan is not None:
@@ -115,7 +116,7 @@ def similar(
     elif as_json:
         render.dump([h.to_json() for h in hits])
     else:
-        render.hits(hits)
+        render.hits(hits, why_none)
 
 
 @click.command()

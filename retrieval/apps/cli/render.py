@@ -38,11 +38,11 @@ def day(when: Any) -> str:
     return when.strftime("%Y-%m-%d") if when else "-"
 
 
-def hits(found: Sequence[Any]) -> None:
+def hits(found: Sequence[Any], why_none: str | None = None) -> None:
     """`similar`: one line per hit, best first, with the factors that placed it and the ids of
-    the near-copies folded into it on a line below."""
+    the near-copies folded into it on a line below; `why_none` says why there is none."""
     if not found:
-        click.echo("no tweets match")
+        click.echo(f"no tweets match: {why_none}" if why_none else "no tweets match")
         return
     sides = any(h.found_by for h in found)
     placed = any(h.factors for h in found)
@@ -188,17 +188,26 @@ def index_info(manifest: Any, table: Mapping[str, Any]) -> None:
     """`index info`: the index's facts and its text set's, the image set's, each with its shards,
     then the table's counts."""
     text = manifest.text
-    facts = {"version": manifest.version, "embedder": dict(text.embedder), "factory": text.factory}
+    facts = {"version": manifest.version, "embedder": _model(text.embedder), "factory": text.factory}
     facts |= {"metric": manifest.metric, **_set_facts(text), "next_id": manifest.next_id}
     facts |= {"built_at": manifest.built_at, **({"updated_at": manifest.updated_at} if manifest.updated_at else {})}
     _facts("", facts, text.shards)
     if manifest.image is not None:
         image = manifest.image
         _facts(
-            "image ", {"embedder": dict(image.embedder), "factory": image.factory, **_set_facts(image)}, image.shards
+            "image ", {"embedder": _model(image.embedder), "factory": image.factory, **_set_facts(image)}, image.shards
         )
     for label, value in table.items():
         click.echo(f"{label:17} {value}")
+
+
+def _model(record: Mapping[str, Any]) -> str:
+    """A model's record in a line: its name and width, then the rest as key=value (`--json` has it whole)."""
+    if not record.get("name"):
+        return "none"
+    plain = {k: v for k, v in record.items() if k not in ("name", "dim") and not isinstance(v, Mapping | list | tuple)}
+    rest = ", ".join(f"{k}={v}" for k, v in plain.items())
+    return f"{record['name']} ({record.get('dim')}-d{', ' + rest if rest else ''})"
 
 
 def _set_facts(vset: Any) -> dict[str, Any]:
