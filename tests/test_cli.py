@@ -53,7 +53,8 @@ def test_similar_table_and_filters(runner: CliRunner, minilm_index: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split()[:4] == ["#", "score", "date", "account"]
+    assert lines[0].split()[:5] == ["#", "score", "id", "date", "account"]
+    assert all(line.split()[2].isdigit() for line in lines[1:])
     assert len(lines) == 5 and all("redbullracing" in line for line in lines[1:])
     since = runner.invoke(
         cli,

@@ -102,7 +102,7 @@ def test_cli_keyword_mode_shows_which_side_found_each_tweet(index: Path, tweets:
     result = CliRunner().invoke(cli, ["similar", tag, "--index", str(index), "--mode", "keyword", "-k", "3"])
     assert result.exit_code == 0, result.output
     header, first = result.stdout.splitlines()[:2]
-    assert "found by" in header and first.split()[2] == "k1"
+    assert "found by" in header and first.split()[3] == "k1"
     empty = CliRunner().invoke(cli, ["similar", "?!", "--index", str(index), "--mode", "keyword"])
     assert empty.exit_code == 1 and "no words to search for" in empty.output and "Traceback" not in empty.output
 

@@ -96,7 +96,9 @@ def test_bad_requests_get_their_status_and_a_json_error(client: TestClient) -> N
     huge = client.post("/v1/similar", content=b"x" * (20 * 2**20), headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "MiB limit" in huge.json()["error"]
     broken = client.post("/v1/similar", content=b"{not json", headers={"content-type": "application/json"})
-    assert broken.status_code == 422 and "error" in broken.json()
+    assert broken.status_code == 422 and broken.json()["error"].startswith("body: not valid JSON (")
+    untyped = client.post("/v1/similar", content=b'{"index": "brand", "text": "x"}')
+    assert untyped.status_code == 422 and "Content-Type: application/json" in untyped.json()["error"]
 
 
 def test_an_image_query_on_a_text_index_says_what_is_missing(client: TestClient) -> None:

@@ -53,6 +53,11 @@ class Hit:
         copies = tuple(_shown_id(n.tweet) for n in ranked.near_copies)
         return cls(position, c.score, c.tweet, c.found_by, copies, ranked.factors)
 
+    @property
+    def id(self) -> int:
+        """The id to ask for it by (`similar --id`, a profile's liked tweets)."""
+        return _shown_id(self.tweet)
+
     def to_json(self) -> dict[str, Any]:
         tweet = {k: v for k, v in self.tweet.items() if k not in ("has_vector", "row", "source")}
         if tweet.get("date") is not None:

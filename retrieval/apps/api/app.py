@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Annotated, Any
@@ -363,7 +363,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        detail = [{"field": ".".join(str(p) for p in err["loc"][1:]), "problem": err["msg"]} for err in e.errors()]
+        detail = [_problem(err) for err in e.errors()]
         first = detail[0] if detail else {"field": "", "problem": "invalid"}
         return _error(422, f"{first['field'] or 'body'}: {first['problem']}", detail)
 
@@ -371,6 +371,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     def unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
         return _error(500, "internal error; the server log has the details")
+
+
+def _problem(err: Mapping[str, Any]) -> dict[str, str]:
+    """One validation error as field and problem, with the body's own faults in words: pydantic
+    names a body that is not JSON after its character offset ("0: JSON decode error"), and one
+    sent without a JSON content type "not a valid dictionary"."""
+    field = ".".join(str(p) for p in err["loc"][1:])
+    if err["type"] == "json_invalid":
+        return {"field": "", "problem": f"not valid JSON ({err.get('ctx', {}).get('error', 'cannot be decoded')})"}
+    if not field and err["type"] in ("model_attributes_type", "dict_type"):
+        return {"field": "", "problem": "must be a JSON object, sent with Content-Type: application/json"}
+    return {"field": field, "problem": err["msg"]}
 
 
 class BodyLimit:

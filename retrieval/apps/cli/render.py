@@ -39,8 +39,9 @@ def day(when: Any) -> str:
 
 
 def hits(found: Sequence[Any], why_none: str | None = None) -> None:
-    """`similar`: one line per hit, best first, with the factors that placed it and the ids of
-    the near-copies folded into it on a line below; `why_none` says why there is none."""
+    """`similar`: one line per hit, best first, with its id (what `--id` and `profile add --liked`
+    take), the factors that placed it and the ids of the near-copies folded into it on a line
+    below; `why_none` says why there is none."""
     if not found:
         click.echo(f"no tweets match: {why_none}" if why_none else "no tweets match")
         return
@@ -48,18 +49,20 @@ def hits(found: Sequence[Any], why_none: str | None = None) -> None:
     placed = any(h.factors for h in found)
     column = f"{'found by':11} " if sides else ""
     column += f"{'factors':24} " if placed else ""
-    click.echo(f"{'#':>3} {'score':>6} {column}{'date':10} {'account':18} {'likes':>7}  text")
+    ids = max(len(str(h.id)) for h in found)
+    click.echo(f"{'#':>3} {'score':>6} {'id':>{ids}} {column}{'date':10} {'account':18} {'likes':>7}  text")
     for h in found:
         t = h.tweet
         likes = "-" if t["likes"] is None else str(t["likes"])
         by = " ".join(f"{side[0]}{rank}" for side, rank in sorted(h.found_by.items(), reverse=True))
-        head = f"{h.rank:>3} {h.score:6.3f} " + (f"{by:11} " if sides else "")
+        head = f"{h.rank:>3} {h.score:6.3f} {h.id:>{ids}} " + (f"{by:11} " if sides else "")
         head += f"{factors(h.factors):24} " if placed else ""
         head += f"{day(t['date']):10} {cut(t['username'] or '-', 18):18} {likes:>7}  "
         click.echo(head + cut(shown_text(t), width() - len(head)))
         if h.near_copies:
             copies = f"{len(h.near_copies)} near-cop{'y' if len(h.near_copies) == 1 else 'ies'}: "
-            click.echo(" " * 11 + cut("+ " + copies + ", ".join(map(str, h.near_copies)), width() - 11))
+            indent = 12 + ids
+            click.echo(" " * indent + cut("+ " + copies + ", ".join(map(str, h.near_copies)), width() - indent))
 
 
 def factors(found: Mapping[str, float]) -> str:
