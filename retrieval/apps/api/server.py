@@ -62,4 +62,8 @@ def run(app: FastAPI, sock: socket.socket, *, workers: int = 32) -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = workers
 
     app.router.on_startup.append(pool)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    try:
+        uvicorn.run(app, fd=sock.fileno(), log_level="warning", access_log=False)
+    finally:
+        if app.state.model is not None:  # now, quietly: freed at exit, llama.cpp logs its buffers
+            app.state.model.generator.close()

@@ -71,3 +71,4 @@ def serve(
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     click.echo(f"open {url}  (API docs: /docs; Ctrl-C stops)", err=True)
     run(app, sock, workers=workers)
+    click.echo("stopped", err=True)
