@@ -422,3 +422,14 @@ def test_nan_likes_in_a_csv_are_rejected(tmp_path: Path) -> None:
     result = load_tweets(path)
     assert result.rejects == [Reject(1, "likes", "NaN likes", "NaN")]
     assert result.table["date"].to_pylist() == [datetime(2021, 3, 4)]
+
+
+def test_rows_dated_in_the_future_are_kept_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "future.csv"
+    path.write_text("id,content,date\n1,posted,2021-05-01\n2,scheduled,2031-05-01\n3,also,2031-06-01 10:00:00\n")
+    result = load_tweets(path)
+    assert result.table.num_rows == 3
+    assert "2 rows dated after now (the latest 2031-06-01 10:00:00); check the date column" in caplog.text
+    caplog.clear()
+    load_tweets(BEHAVIOUR)
+    assert "dated after now" not in caplog.text

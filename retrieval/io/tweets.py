@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from retrieval.errors import DataError, RetrievalError
 from retrieval.io.formats import BAD, READERS, Batch, message, reading
@@ -304,11 +305,23 @@ def load_tweets(
     if spill:
         table = pa.ipc.open_file(pa.memory_map(str(spill))).read_all()
         pa.default_memory_pool().release_unused()  # what the batches used, kept by the allocator
+    _warn_of_future_dates(source, table)
     if seen.epoch_units:
         units = " and ".join(sorted(seen.epoch_units))
         logger.warning("%s: dates are numbers, read as Unix time in %s (UTC)", source, units)
     logger.info("%s: kept %d of %d rows (%d rejected)", source, table.num_rows, read, len(seen.rejects))
     return LoadResult(path=str(source), table=table, read=read, rejects=seen.rejects)
+
+
+def _warn_of_future_dates(source: Path, table: pa.Table) -> None:
+    """Rows dated after now are kept (an archive may hold scheduled posts) but said, since they
+    are more often a wrong time zone, a day-month swap or a typo, and they sort first by date."""
+    dates = table.column("date")
+    now = pa.scalar(datetime.now(UTC).replace(tzinfo=None), dates.type)
+    future = pc.sum(pc.greater(dates, now)).as_py() or 0
+    if future:
+        latest = pc.max(dates).as_py()
+        logger.warning("%s: %d rows dated after now (the latest %s); check the date column", source, future, latest)
 
 
 def write_rejects(rejects: Sequence[Reject], path: str | Path) -> None:
