@@ -65,7 +65,7 @@ def test_an_add_whose_every_id_clashes_adds_nothing_and_says_how_to_add_it(tmp_p
         CONTENT, index, embedder=HashEmbedder(), columns={"id": ""}, allow_missing_text=True, progress=False
     )
     assert (report.rejected, report.metadata_only, report.manifest.next_id) == (0, 10_000, 20_000)
-    with pytest.raises(click.ClickException, match="; add --column id= to read no ids$"), user_errors():
+    with pytest.raises(click.ClickException, match="read it without ids; give --column id=$"), user_errors():
         add_to_index(BEHAVIOUR, index, embedder=HashEmbedder(), progress=False)
 
 

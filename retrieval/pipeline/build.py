@@ -326,7 +326,7 @@ def _nothing_to_index(loaded: LoadResult, rejects_path: Path, what: str = "index
     return DataError(
         f"{loaded.path}: nothing to {what}: all {loaded.read} rows rejected "
         f"(row {first.row}, {first.field}: {first.reason}, {first.value[:40]!r}; see {rejects_path})"
-        + ("; if its ids are not the index's tweet ids, read it without them" if known else ""),
+        + ("; if its ids are not the index's tweet ids, read it without ids" if known else ""),
         hint="ids" if known else None,
     )
 

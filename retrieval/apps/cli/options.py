@@ -20,7 +20,7 @@ HINTS = {
     "date": "give a later --date or none",
     "verify": "run `index verify --index {value}`",
     "encoding": "give --encoding, e.g. cp1252 or latin-1",
-    "ids": "add --column id= to read no ids",
+    "ids": "give --column id=",
 }
 """How the CLI words what a RetrievalError asks for (retrieval.errors.HINTS)."""
 SPACES = ("text", "image")
