@@ -141,3 +141,22 @@ def test_a_search_that_finds_nothing_says_which_filter_left_nothing(minilm_index
         assert reader.why_nothing(both) == "no tweet passes all the filters together"
     result = CliRunner().invoke(cli, ["similar", "hiring", "--index", str(minilm_index), "--username", "nosuchuser"])
     assert result.exit_code == 0 and result.output.strip() == "no tweets match: no tweets by nosuchuser in this index"
+
+
+def test_an_account_stored_with_its_at_sign_by_an_older_build_still_matches() -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE tweets AS SELECT * FROM (VALUES ('@Brand'), ('Brand'), ('Other')) t(username)")
+    for typed in ("Brand", "@brand", " @BRAND "):
+        where, params = Filters(username=typed).where()
+        assert con.execute(f"SELECT count(*) FROM tweets WHERE {where}", params).fetchone()[0] == 2
+
+
+def test_why_nothing_reads_braces_in_a_name_as_text(minilm_index: Path) -> None:
+    from retrieval.index.reader import IndexReader
+
+    with IndexReader(minilm_index) as reader:
+        assert reader.why_nothing(Filters(company="Acme {EU}")) == "no tweets of the company Acme {EU} in this index"
+        assert reader.why_nothing(Filters(username="{0}")) == "no tweets by {0} in this index"
+        assert reader.why_nothing(Filters(username="x"), space="image") == "no tweets by x in this index"

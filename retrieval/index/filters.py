@@ -26,7 +26,7 @@ class Filters:
         """A WHERE clause over `tweets` (TRUE when nothing is filtered) and its parameters."""
         clauses, params = ["TRUE"], []
         if self.username:
-            clauses.append("lower(username) = lower(?)")
+            clauses.append("lower(ltrim(username, '@')) = lower(?)")  # an index from before handles lost their @
             params.append(self.username)
         if self.company:
             clauses.append("lower(company) = lower(?)")

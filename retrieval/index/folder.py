@@ -128,7 +128,8 @@ def scratch(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         lock.release()
-        Path(f"{folder}.lock").unlink(missing_ok=True)
+        if not folder.exists():  # Windows keeps a file that is still mapped: a later run removes both
+            Path(f"{folder}.lock").unlink(missing_ok=True)
 
 
 FULL_BELOW = 2**20

@@ -151,27 +151,29 @@ class IndexReader:
             sql = f"SELECT i.pos FROM image_vectors i JOIN tweets USING (vec_id) WHERE {where} ORDER BY i.pos"
         return np.asarray(self.con.execute(sql, params).fetchnumpy()["pos"], dtype=np.int64)
 
-    def why_nothing(self, filters: Filters) -> str | None:
-        """For a search that found nothing: the filter no tweet with a vector passes on its own,
-        in words, or that only their combination leaves none; None without filters."""
+    def why_nothing(self, filters: Filters, space: str = "text") -> str | None:
+        """For a search that found nothing: the filter no tweet with a vector in `space` passes
+        on its own, in words, or that only their combination leaves none; None without filters."""
         if not filters.active():
             return None
         if filters.since and filters.until and filters.since > filters.until:
             return "the date range is empty: since is after until"
-        alone = {
-            "username": f"no tweets by {filters.username} in this index",
-            "company": f"no tweets of the company {filters.company} in this index",
-            "since": f"no tweets dated {filters.since:%Y-%m-%d} or later" if filters.since else "",
-            "until": f"no tweets dated {filters.until:%Y-%m-%d} or earlier" if filters.until else "",
-            "min_likes": f"no tweets with {filters.min_likes} likes or more (likes known for {{known}} tweets)",
-        }
-        for name, words in alone.items():
-            if getattr(filters, name) is None:
+        images = space == "image" and self.has_vectors("image")
+        searched = "vec_id IN (SELECT vec_id FROM image_vectors)" if images else "has_vector"
+
+        def count(where: str, params: list[Any]) -> int:
+            return self.con.execute(f"SELECT count(*) FROM tweets WHERE {searched} AND {where}", params).fetchone()[0]
+
+        for name in ("username", "company", "since", "until", "min_likes"):
+            value = getattr(filters, name)
+            if value is None or count(*Filters(**{name: value}).where()):
                 continue
-            where, params = Filters(**{name: getattr(filters, name)}).where()
-            if not self.con.execute(f"SELECT count(*) FROM tweets WHERE has_vector AND {where}", params).fetchone()[0]:
-                known = self.con.execute("SELECT count(likes) FROM tweets WHERE has_vector").fetchone()[0]
-                return words.format(known=known)
+            if name == "min_likes":
+                known = count("likes IS NOT NULL", [])
+                return f"no tweets with {value} likes or more (likes known for {known} tweets)"
+            if name in ("since", "until"):
+                return f"no tweets dated {value:%Y-%m-%d} or {'later' if name == 'since' else 'earlier'}"
+            return f"no tweets {'by' if name == 'username' else 'of the company'} {value} in this index"
         return "no tweet passes all the filters together"
 
     def keyword_search(self, query: str, k: int, *, filters: Filters | None = None) -> list[tuple[int, float]]:
@@ -240,7 +242,7 @@ class IndexReader:
         """Each account's company (its most frequent; ties by name), both lower-cased, so the
         predictor and the generator fall back from an account to the same company."""
         rows = self.con.execute(
-            "SELECT u, c FROM (SELECT lower(username) AS u, lower(company) AS c, count(*) AS n FROM tweets"
+            "SELECT u, c FROM (SELECT lower(ltrim(username, '@')) AS u, lower(company) AS c, count(*) AS n FROM tweets"
             " WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL)"
             " QUALIFY row_number() OVER (PARTITION BY u ORDER BY n DESC, c) = 1"
         ).fetchall()
@@ -259,7 +261,7 @@ class IndexReader:
         and company, over rows with likes dated before `before` (all when None)."""
         where, params = ("AND date < ?", [before]) if before else ("", [])
         return self.con.execute(
-            "SELECT lower(username), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
+            "SELECT lower(ltrim(username, '@')), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
             f" FROM tweets WHERE likes IS NOT NULL {where} GROUP BY 1, 2",
             params,
         ).fetchall()

@@ -18,10 +18,13 @@ COMPANY_SHRINK = 0.5
 
 
 def key(name: str | None) -> str | None:
-    """Accounts and companies match case-insensitively, as the search filters do, and an
-    account with or without its "@"."""
-    name = account(name)
-    return name.lower() if name else None
+    """Accounts and companies match case-insensitively, as the search filters do."""
+    return name.strip().lower() if name and name.strip() else None
+
+
+def account_key(name: str | None) -> str | None:
+    """An account's key: case-insensitive, with or without its "@" (`schema.account`)."""
+    return key(account(name))
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class GroupStats:
     ) -> Prior:
         """Shrunk account mean over company mean over base (pseudo-counts `shrink`, account then
         company); `leave_out` removes one tweet of both."""
-        user = key(username)
+        user = account_key(username)
         comp = key(company) or (self.account_company.get(user) if user else None)
         n_a, s_a = self.accounts.get(user, (0, 0.0)) if user else (0, 0.0)
         n_c, s_c = self.companies.get(comp, (0, 0.0)) if comp else (0, 0.0)

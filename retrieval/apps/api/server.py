@@ -63,7 +63,7 @@ def run(app: FastAPI, sock: socket.socket, *, workers: int = 32) -> None:
 
     app.router.on_startup.append(pool)
     try:
-        uvicorn.run(app, fd=sock.fileno(), log_level="warning", access_log=False)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     finally:
         if app.state.model is not None:  # now, quietly: freed at exit, llama.cpp logs its buffers
             app.state.model.generator.close()

@@ -108,7 +108,7 @@ def similar(
             )
         searched = "image" if image_path is not None else space
         plan = searcher.reader.plan(filters, nprobe=nprobe, space=searched) if explain else None
-        why_none = searcher.reader.why_nothing(filters) if not hits and not as_json else None
+        why_none = searcher.reader.why_nothing(filters, searched) if not hits and not as_json else None
     if plan is not None and not as_json:
         click.echo(f"search: {plan.path} ({plan.reason})")
     if as_json and plan is not None:

@@ -70,5 +70,8 @@ def serve(
     shown = "127.0.0.1" if host in ("127.0.0.1", "localhost") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     click.echo(f"open {url}  (API docs: /docs; Ctrl-C stops)", err=True)
-    run(app, sock, workers=workers)
+    try:
+        run(app, sock, workers=workers)
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again for its caller
+        pass
     click.echo("stopped", err=True)

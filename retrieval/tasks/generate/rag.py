@@ -22,7 +22,7 @@ import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.index.filters import Filters
-from retrieval.query.levels import key
+from retrieval.query.levels import account_key
 from retrieval.schema import account, stored_media
 from retrieval.tasks.generate.llm import Generator, Messages
 from retrieval.tasks.generate.originality import Nearest, account_centroid, brand_voice, nearest_past
@@ -202,7 +202,7 @@ def rerank(hits: Sequence[tuple[float, int | None]], likes_weight: float) -> lis
 
 def account_company(searcher: Searcher, username: str) -> str | None:
     """The company the index knows for an account (its most frequent), or None."""
-    return searcher.reader.account_companies().get(key(username) or "")
+    return searcher.reader.account_companies().get(account_key(username) or "")
 
 
 def find_exemplars(

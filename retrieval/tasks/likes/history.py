@@ -13,7 +13,7 @@ import pyarrow as pa
 from retrieval.errors import RetrievalError
 from retrieval.index.filters import Filters
 from retrieval.index.reader import IndexReader
-from retrieval.query.levels import GroupStats, key
+from retrieval.query.levels import GroupStats, account_key, key
 from retrieval.tasks.likes.predict import Found, PredictConfig, Query
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class IndexHistory:
         """k neighbours with likes from before the query, plus k_account more from its own account."""
         until = query.date - dt.timedelta(microseconds=1) if query.date else None
         found = self.reader.search(vector[None], config.k, filters=Filters(until=until, min_likes=0), space=space)[0]
-        if config.k_account and key(query.username):
+        if config.k_account and account_key(query.username):
             own = Filters(username=query.username, until=until, min_likes=0)
             seen = {i for i, _ in found}
             more = self.reader.search(vector[None], config.k_account, filters=own, space=space)[0]
@@ -105,7 +105,7 @@ class ArrayHistory:
         self.vectors = np.ascontiguousarray(vectors[keep[has_vector]], dtype=np.float32)
         self.vector_rows = np.flatnonzero(has_vector[keep])
         self.dates = self.table.column("date").to_numpy(zero_copy_only=False).astype("datetime64[us]")
-        self.usernames = [key(q.username) for q in self.queries]
+        self.usernames = [account_key(q.username) for q in self.queries]
         self.companies = [key(q.company) for q in self.queries]
         self.account_names, self.account_codes = _codes(self.usernames)
         self.company_names, self.company_codes = _codes(self.companies)
@@ -139,7 +139,7 @@ class ArrayHistory:
         """Text neighbours only: cross-validation arrays hold no image vectors, so `image` is unused."""
         scores = np.where(self.seen(query.date)[self.vector_rows], self.vectors @ vector, -np.inf)
         picked = list(_top(scores, config.k))
-        user = key(query.username)
+        user = account_key(query.username)
         if config.k_account and user in self.account_names:
             own = np.where(self.account_codes[self.vector_rows] == self.account_names[user], scores, -np.inf)
             taken = set(picked)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.query.levels import ACCOUNT_SHRINK, COMPANY_SHRINK, GroupStats, Prior, key
+from retrieval.query.levels import ACCOUNT_SHRINK, COMPANY_SHRINK, GroupStats, Prior, account_key
 from retrieval.schema import account
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ def combine(found: Found, stats: GroupStats, query: Query, config: PredictConfig
 
     Both histories end here, so cross-validation measures exactly what `predict` answers.
     """
-    user = key(query.username)
-    same = np.array([key(u) == user and user is not None for u in found.usernames], dtype=bool)
+    user = account_key(query.username)
+    same = np.array([account_key(u) == user and user is not None for u in found.usernames], dtype=bool)
     tail = (1 - config.level) / 2
     if len(found.ids):
         weights = neighbour_weights(found, same, config)
