@@ -53,6 +53,11 @@ def account(name: str | None) -> str | None:
     return name or None
 
 
+ACCOUNT_SQL = "lower(ltrim(username, '@'))"
+"""`account` in SQL, lower-cased, over the `tweets` table: an index built before handles lost
+their "@" still stores `@Brand`, so filters and account statistics compare this."""
+
+
 def stored_media(value: str | None) -> list[Medium]:
     """The media of a row of an index, which keeps them as JSON text of `Medium` objects (a file's
     media in any other form are read by `retrieval.io.media_values.read_media`)."""

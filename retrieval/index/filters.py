@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.schema import account
+from retrieval.schema import ACCOUNT_SQL, account
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Filters:
         """A WHERE clause over `tweets` (TRUE when nothing is filtered) and its parameters."""
         clauses, params = ["TRUE"], []
         if self.username:
-            clauses.append("lower(ltrim(username, '@')) = lower(?)")  # an index from before handles lost their @
+            clauses.append(f"{ACCOUNT_SQL} = lower(?)")
             params.append(self.username)
         if self.company:
             clauses.append("lower(company) = lower(?)")

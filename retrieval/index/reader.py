@@ -21,6 +21,7 @@ from retrieval.index.filters import Filters
 from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.store import COLUMNS, SELECT_COLUMNS, open_shards
 from retrieval.index.vector_search import SearchPlan, VectorSet, plan_search, vector_search
+from retrieval.schema import ACCOUNT_SQL
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class IndexReader:
         """Each account's company (its most frequent; ties by name), both lower-cased, so the
         predictor and the generator fall back from an account to the same company."""
         rows = self.con.execute(
-            "SELECT u, c FROM (SELECT lower(ltrim(username, '@')) AS u, lower(company) AS c, count(*) AS n FROM tweets"
+            f"SELECT u, c FROM (SELECT {ACCOUNT_SQL} AS u, lower(company) AS c, count(*) AS n FROM tweets"
             " WHERE username IS NOT NULL AND company IS NOT NULL GROUP BY ALL)"
             " QUALIFY row_number() OVER (PARTITION BY u ORDER BY n DESC, c) = 1"
         ).fetchall()
@@ -261,7 +262,7 @@ class IndexReader:
         and company, over rows with likes dated before `before` (all when None)."""
         where, params = ("AND date < ?", [before]) if before else ("", [])
         return self.con.execute(
-            "SELECT lower(ltrim(username, '@')), lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
+            f"SELECT {ACCOUNT_SQL}, lower(company), count(*), sum(ln(1 + likes)), sum(ln(1 + likes) ^ 2)"
             f" FROM tweets WHERE likes IS NOT NULL {where} GROUP BY 1, 2",
             params,
         ).fetchall()

@@ -237,14 +237,14 @@ def _convert(batch: Batch, fields: dict[str, str], first_row: int, require_text:
 
 
 @contextmanager
-def _writing(spill: Path | None) -> Iterator[None]:
+def _writing(spill: Path) -> Iterator[None]:
     """A failed write of the loaded rows (a full disk, a missing folder) as one line naming the file."""
     try:
         yield
     except OSError as e:
         code = e.errno or next(map(int, re.findall(r"\[errno (\d+)\]", str(e))), None)  # pyarrow's are in the text
         cause = os.strerror(code) if code else str(e).strip().splitlines()[0]
-        raise RetrievalError(message(Path(str(spill)), f"cannot write the rows read ({cause})")) from None
+        raise RetrievalError(message(spill, f"cannot write the rows read ({cause})")) from None
 
 
 def load_tweets(
@@ -301,10 +301,11 @@ def load_tweets(
         if sink:
             with _writing(spill):
                 sink.close()
-    table = pa.Table.from_batches(kept, schema=TWEET_SCHEMA)
     if spill:
         table = pa.ipc.open_file(pa.memory_map(str(spill))).read_all()
         pa.default_memory_pool().release_unused()  # what the batches used, kept by the allocator
+    else:
+        table = pa.Table.from_batches(kept, schema=TWEET_SCHEMA)
     _warn_of_future_dates(source, table)
     if seen.epoch_units:
         units = " and ".join(sorted(seen.epoch_units))
