@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,9 @@ from conftest import BEHAVIOUR, HashEmbedder
 
 from retrieval import Filters, RetrievalError, add_to_index, build_index, open_index, verify
 from retrieval.apps.cli import cli
+from retrieval.index import keywords
 from retrieval.index.keywords import tokenize
+from retrieval.index.manifest import read_manifest
 from retrieval.io.tweets import load_tweets
 
 
@@ -90,9 +93,32 @@ def test_an_add_extends_the_keyword_index(tmp_path: Path, index: Path) -> None:
     pq.write_table(more, tmp_path / "more.parquet")
     before = _hashtags(pq.read_table(BEHAVIOUR).slice(0, 600).to_pylist())
     tag = next(h for h, n in _hashtags(more.to_pylist()).items() if h not in before)
+    segments = {f.name: f.stat().st_ino for f in (copy / "keywords").iterdir() if f.suffix == ".idx"}
     add_to_index(tmp_path / "more.parquet", copy, embedder=HashEmbedder(), progress=False)
     (first, *_) = open_index(copy, embedder=HashEmbedder()).similar(tag, k=3, mode="keyword")
     assert tag in first.tweet["content"].lower() and first.tweet["vec_id"] >= 600
+    after = {f.name: f.stat().st_ino for f in (copy / "keywords").iterdir() if f.suffix == ".idx"}
+    assert segments.items() < after.items(), "the old segments are kept as they were, the new rows added beside"
+    assert verify(copy) == []
+
+
+def test_an_add_to_an_index_without_keywords_indexes_every_row(tmp_path: Path, index: Path) -> None:
+    """An index from before the keyword index (or with an older format of it) gets a whole one at its next add."""
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy)
+    shutil.rmtree(copy / "keywords")
+    manifest = read_manifest(copy)
+    manifest.replace(files={n: e for n, e in manifest.files.items() if not n.startswith("keywords/")}).write(copy)
+    with pytest.raises(RetrievalError, match="no keyword index"):
+        open_index(copy, embedder=HashEmbedder()).similar("coffee", mode="keyword")
+    old = pq.read_table(BEHAVIOUR).slice(0, 600).to_pylist()
+    tag, _ = _hashtags(old).most_common(1)[0]
+    pq.write_table(pq.read_table(BEHAVIOUR).slice(600, 50), tmp_path / "more.parquet")
+    add_to_index(tmp_path / "more.parquet", copy, embedder=HashEmbedder(), progress=False)
+    hits = open_index(copy, embedder=HashEmbedder()).similar(tag, k=3, mode="keyword")
+    assert hits and all(tag in h.tweet["content"].lower() for h in hits)
     assert verify(copy) == []
 
 
@@ -123,3 +149,23 @@ def test_eval_retrieval_scores_each_mode_on_judgments(index: Path, tweets: list[
     (tmp_path / "bad.jsonl").write_text('{"query": "x", "relevant": [1]}\n{"query": 3}\n')
     with pytest.raises(RetrievalError, match=r"bad.jsonl: line 2: needs a query text"):
         load_queries(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("deepest", [0, 5000], ids=["filter in the query", "filter over a deeper ranking"])
+def test_a_filtered_keyword_search_is_the_filtered_ranking(tmp_path: Path, tweets: list[dict], monkeypatch, deepest):
+    """Both ways of applying a filter give the unfiltered ranking's admitted rows, scores unchanged."""
+    monkeypatch.setattr(keywords, "DEEPEST", deepest)
+    texts = [t["content"] for t in tweets]
+    keywords.write(tmp_path, [(np.arange(len(texts)), texts)])
+    index = keywords.KeywordIndex.open(tmp_path)
+    word = Counter(w for t in texts if t for w in set(tokenize(t))).most_common(3)[2][0]
+    everything = index.search(word, len(texts))
+    assert len(everything) > 40
+    rng = np.random.default_rng(0)
+    for share in (0.02, 0.3, 0.95):
+        allowed = np.sort(rng.choice(len(texts), int(len(texts) * share), replace=False))
+        truth = [(v, s) for v, s in everything if v in set(allowed.tolist())][:10]
+        found = index.search(word, 10, allowed)
+        assert len(truth) >= 1 and [v for v, _ in found] == [v for v, _ in truth]
+        assert [s for _, s in found] == pytest.approx([s for _, s in truth])
+    assert index.search(word, 10, np.array([], np.int64)) == []

@@ -25,11 +25,13 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from retrieval.errors import IndexLocked, IndexNotFound, RetrievalError
+from retrieval.index import keywords
 
 log = logging.getLogger(__name__)
 
-UNLISTED = ("manifest.json", "rejects.jsonl")
-"""Files the manifest does not checksum: itself, and the report of the last build or add."""
+UNLISTED = ("manifest.json", "rejects.jsonl", *keywords.LOCKS)
+"""Files the manifest does not checksum: itself, the report of the last build or add, and the
+lock files that tantivy's readers create."""
 
 
 def sha256(path: Path) -> str:

@@ -131,13 +131,15 @@ def _write_table(
 def _write_keywords(
     folder: Path, old: Path | None, table: pa.Table, has_vector: np.ndarray, vec_ids: np.ndarray
 ) -> None:
-    """The keyword index over every row with a text vector: the old index's rows (`old`) and
-    these, read a batch at a time."""
+    """The keyword index over every row with a text vector: these rows added to the copy of the
+    old index's keyword index in `folder`, or, when `old` has none in today's format, the old
+    index's rows and these into a new one, read a batch at a time."""
     valid = np.asarray(pc.is_valid(table.column("content")).to_numpy(zero_copy_only=False), bool)
     order = np.flatnonzero(has_vector & valid)  # rows with vectors: their vec_ids rise in file order
+    grow = old is not None and keywords.exists(folder)
 
     def batches() -> Iterator[tuple[np.ndarray, list[str]]]:
-        if old is not None:
+        if old is not None and not grow:
             with open_meta(old) as con:
                 sql = "SELECT vec_id, content FROM tweets WHERE has_vector AND content IS NOT NULL ORDER BY vec_id"
                 for batch in con.sql(sql).to_arrow_reader(BATCH_ROWS):
@@ -147,7 +149,9 @@ def _write_keywords(
             rows = order[start : start + BATCH_ROWS]
             yield vec_ids[rows], content.take(pa.array(rows)).to_pylist()
 
-    keywords.build(folder, batches())
+    if not grow:
+        shutil.rmtree(folder / keywords.FOLDER, ignore_errors=True)  # a keyword index of an older format
+    keywords.write(folder, batches())
 
 
 def _write_image_rows(folder: Path, first_pos: int, images: ImageVectors, vec_id_of_row: np.ndarray) -> None:
@@ -406,15 +410,21 @@ def _grow_images(path: Path, tmp: Path, vset: VectorSetInfo, images: ImageVector
 
 
 def _link_copy(path: Path, tmp: Path) -> None:
-    """Copy an index folder into tmp, hard-linking shard files (they are immutable)."""
+    """Copy an index folder into tmp, hard-linking the files that are never written again (shards
+    and keyword segments)."""
     for item in path.rglob("*"):
         target = tmp / item.relative_to(path)
+        immutable = item.parent.name == "shards" or (
+            item.parent.name == keywords.FOLDER and item.name not in keywords.REWRITTEN
+        )
         if item.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        elif item.parent.name == "shards":
+        elif item.name in UNLISTED:
+            continue
+        elif immutable:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(item, target)
-        elif item.name not in UNLISTED:
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(item, target)
 

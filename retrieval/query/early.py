@@ -1,6 +1,6 @@
 """An index's text model, loading on a thread before the search stack is imported.
 
-A fresh CLI process spends about 0.4 s importing FAISS, DuckDB, SciPy and bm25s and about 0.45 s
+A fresh CLI process spends about 0.4 s importing FAISS, DuckDB and SciPy and about 0.45 s
 creating the text model's ONNX Runtime session, which releases the GIL: on a thread the two
 overlap (0.45-0.49 s for both, against 0.69-1.13 s one after the other, on 2 cores). This module
 imports neither, so a command starts the load first and then imports what searches.
