@@ -169,3 +169,16 @@ def test_a_filtered_keyword_search_is_the_filtered_ranking(tmp_path: Path, tweet
         assert len(truth) >= 1 and [v for v, _ in found] == [v for v, _ in truth]
         assert [s for _, s in found] == pytest.approx([s for _, s in truth])
     assert index.search(word, 10, np.array([], np.int64)) == []
+
+
+def test_a_keyword_index_that_cannot_open_leaves_vector_search_working(index: Path, monkeypatch) -> None:
+    """tantivy opens nothing it cannot lock (a folder the user may only read); say so, and search by vector."""
+
+    def refuse(path: str) -> None:
+        raise ValueError('Failed to acquire Lockfile: IoError(Os { code: 13, kind: PermissionDenied, message: "x" })')
+
+    monkeypatch.setattr(keywords.tantivy.Index, "open", refuse)
+    searcher = open_index(index, embedder=HashEmbedder())
+    assert searcher.similar("coffee", k=3)
+    with pytest.raises(RetrievalError, match=r"keywords: cannot open the keyword index: tantivy must be able to write"):
+        searcher.similar("coffee", mode="keyword")

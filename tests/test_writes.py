@@ -259,6 +259,8 @@ def test_folders_follow_the_umask_and_versions_count_publishes(tmp_path: Path, p
     finally:
         os.umask(old)
     assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755
+    modes = {f.relative_to(tmp_path).as_posix(): f.stat().st_mode & 0o777 for f in (tmp_path / "idx").rglob("*")}
+    assert {name for name, mode in modes.items() if mode not in (0o644, 0o755)} == set(), "another user may read it"
     assert read_manifest(tmp_path / "idx").version == 1
     add_to_index(parts[1], tmp_path / "idx", embedder=HashEmbedder(), progress=False)
     build_index(parts[1], tmp_path / "idx", embedder=HashEmbedder(), progress=False)

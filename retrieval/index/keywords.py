@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import tantivy
 
+from retrieval.errors import RetrievalError
+
 FOLDER = "keywords"
 HEAP_BYTES = 64 * 2**20
 """tantivy's indexing heap: a segment is written each time it fills, so it bounds a build's memory."""
@@ -89,6 +91,8 @@ def write(folder: Path, batches: Iterable[tuple[np.ndarray, Sequence[str | None]
     writer.wait_merging_threads()
     for lock in LOCKS:
         (target / lock).unlink(missing_ok=True)
+    for name in REWRITTEN:  # tantivy writes them owner-only; the folder's mode follows the umask
+        (target / name).chmod(target.stat().st_mode & 0o666)
 
 
 class KeywordIndex:
@@ -105,7 +109,16 @@ class KeywordIndex:
     def open(cls, path: Path) -> KeywordIndex | None:
         """The keyword index of the index at `path`, or None for one built before it existed
         (or before it was kept by tantivy)."""
-        return cls(Path(path) / FOLDER) if exists(path) else None
+        if not exists(path):
+            return None
+        folder = Path(path) / FOLDER
+        try:
+            return cls(folder)
+        except ValueError as e:  # how tantivy reports an index it cannot open
+            reason = str(e).split(":")[0]
+            if "PermissionDenied" in str(e):
+                reason = "tantivy must be able to write its lock file there, and cannot"
+            raise RetrievalError(f"{folder}: cannot open the keyword index: {reason}") from None
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Up to k (vec_id, BM25 score) pairs, best first; `allowed` (sorted vec_ids) restricts

@@ -62,7 +62,11 @@ class IndexReader:
             self._con = store.open_meta(self.path)
         except duckdb.Error as e:
             raise IndexCorrupt(f"{self.path / 'meta.duckdb'}: cannot open ({e})") from None
-        self._keywords = keywords.KeywordIndex.open(self.path)  # with the files just checked, not later
+        try:  # with the files just checked, not later
+            self._keywords = keywords.KeywordIndex.open(self.path)
+            self._no_keywords = f"{self.path}: no keyword index (built before there was one); rebuild the index"
+        except RetrievalError as e:  # searches by vector need not fail with it
+            self._keywords, self._no_keywords = None, f"{e}; searches by vector still work"
         self._owner = threading.get_ident()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -181,7 +185,7 @@ class IndexReader:
         """Up to k (vec_id, BM25 score) pairs for the words of `query`, best first, filtered like
         vector search (the same bound SQL)."""
         if self._keywords is None:
-            raise RetrievalError(f"{self.path}: no keyword index (built before there was one); rebuild the index")
+            raise RetrievalError(self._no_keywords)
         return self._keywords.search(query, k, self.allowed_positions(filters, "text"))
 
     def plan(
