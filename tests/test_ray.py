@@ -26,13 +26,19 @@ def cluster():
 @pytest.mark.slow
 def test_a_ray_build_equals_the_local_one(cluster, tmp_path: Path, sample_parquet: Path) -> None:
     from retrieval.embed.text import text_embedder
-    from retrieval.pipeline.distributed import ray_text_embedder
+    from retrieval.pipeline.distributed import ray_shard_fill, ray_text_embedder
 
     local = tmp_path / "local"
     build_index(sample_parquet, local, embedder=text_embedder("minilm", threads=1), factory="IVF8,Flat", progress=False)
     embedder = ray_text_embedder("minilm", "auto", workers=2, cache=False)
     report = build_index(
-        sample_parquet, tmp_path / "ray", embedder=embedder, factory="IVF8,Flat", progress=False, batch=97
+        sample_parquet,
+        tmp_path / "ray",
+        embedder=embedder,
+        factory="IVF8,Flat",
+        progress=False,
+        batch=97,
+        fill=ray_shard_fill("auto"),
     )
     a, b = read_manifest(local), read_manifest(tmp_path / "ray")
     assert (a.next_id, a.text.factory, a.text.nprobe) == (b.next_id, b.text.factory, b.text.nprobe)
@@ -44,3 +50,24 @@ def test_a_ray_build_equals_the_local_one(cluster, tmp_path: Path, sample_parque
         top_x = [hits[0][0] for hits in x.search(queries, 5)]
         top_y = [hits[0][0] for hits in y.search(queries, 5)]
     assert np.mean(np.array(top_x) == np.array(top_y)) >= 0.98
+
+
+def test_shards_filled_by_ray_tasks_are_the_local_ones_byte_for_byte(cluster, tmp_path: Path) -> None:
+    """Three shards filled by tasks from the trained index's bytes: the same files and recall sample."""
+    import hashlib
+
+    from conftest import LABELLED, HashEmbedder
+
+    from retrieval.pipeline.distributed import ray_shard_fill
+
+    def files(folder: Path) -> dict[str, str]:
+        chosen = [*folder.glob("shards/*.faiss"), folder / "trained.faiss", *folder.glob("eval/*.npy")]
+        return {f.relative_to(folder).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in chosen}
+
+    kw = {"embedder": HashEmbedder(), "factory": "IVF16,PQ8x4fs", "shards": 3, "progress": False, "batch": 300}
+    build_index(LABELLED, tmp_path / "local", **kw)
+    build_index(LABELLED, tmp_path / "ray", fill=ray_shard_fill("auto", workers=2), **kw)
+    local, spread = files(tmp_path / "local"), files(tmp_path / "ray")
+    assert len(local) == 3 + 1 + 3 and local == spread
+    a, b = read_manifest(tmp_path / "local"), read_manifest(tmp_path / "ray")
+    assert (a.text.nprobe, a.text.recall_at_10, a.next_id) == (b.text.nprobe, b.text.recall_at_10, b.next_id)

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,12 @@ BATCH_ROWS = 65_536
 TRUTH_K = 10
 IMAGE_PREFIX = "image/"
 """Where the image vector set keeps its trained index, shards and recall sample."""
+Truth = tuple[np.ndarray, np.ndarray]
+"""The recall queries' exact top-k: (scores, ids), one row per query."""
+Ranges = list[tuple[int, int]]
+ShardFill = Callable[[faiss.Index, VectorStream, Ranges, np.ndarray], Iterator[tuple[faiss.Index, Truth]]]
+"""How a build fills its shards: (trained empty index, vectors, row ranges, recall queries) ->
+each range's filled shard and its top-k, in order (`fill_shards` here, or on Ray)."""
 
 IMAGE_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS image_vectors (
@@ -205,24 +211,39 @@ def _eval_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(EVAL_QUERIES, n), replace=False))
 
 
-def _add_batches(
+def grow_truth(truth: Truth | None, batch: np.ndarray, first_id: int, queries: np.ndarray) -> Truth:
+    """The queries' exact top-k with one more batch of vectors, whose ids start at first_id."""
+    k = min(TRUTH_K, len(batch) + (0 if truth is None else truth[1].shape[1]))
+    found = fx.exact_search(batch, queries, min(TRUTH_K, len(batch)), first_id)
+    return found if truth is None else fx.merge_results(truth, found, k)
+
+
+def add_batches(
     shard: faiss.Index,
-    vectors: VectorStream,
-    start: int,
-    stop: int,
+    batches: Iterable[tuple[int, np.ndarray]],
     queries: np.ndarray,
-    truth: tuple[np.ndarray, np.ndarray] | None,
+    truth: Truth | None = None,
     first_id: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Add rows start..stop-1 to the shard a batch at a time, growing the queries' exact top-k
-    as they pass, so no batch outlives its turn."""
-    k = TRUTH_K
-    for first, batch in vectors.batches(start, stop):
+) -> Truth:
+    """Add (first row, vectors) batches to the shard one at a time, growing the queries' exact
+    top-k as they pass, so no batch outlives its turn."""
+    for first, batch in batches:
         shard.add(np.ascontiguousarray(batch, dtype=np.float32))
-        found = fx.exact_search(batch, queries, min(k, len(batch)), first_id + first)
-        truth = found if truth is None else fx.merge_results(truth, found, min(k, truth[1].shape[1] + len(batch)))
+        truth = grow_truth(truth, batch, first_id + first, queries)
     assert truth is not None, "a shard of no rows"
     return truth
+
+
+def fill_shards(
+    trained: faiss.Index, vectors: VectorStream, ranges: Ranges, queries: np.ndarray
+) -> Iterator[tuple[faiss.Index, Truth]]:
+    """Each range's shard in turn, cloned from the trained index, with the recall queries' exact
+    top-k among its vectors: the local `ShardFill`; `pipeline/distributed.py` has the Ray one."""
+    for a, b in ranges:
+        shard = faiss.clone_index(trained)
+        truth = add_batches(shard, vectors.batches(a, b), queries)
+        yield shard, truth
+        del shard
 
 
 def _save_eval(folder: Path, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray]) -> None:
@@ -252,11 +273,12 @@ def _new_set(
     shards: int,
     memory_budget: float,
     on_disk: bool = False,
+    fill: ShardFill | None = None,
 ) -> VectorSetInfo:
     """Train one vector set, write its shards, trained index and recall sample under root/prefix.
 
     Only the training sample and the recall queries are held whole; each shard is filled a
-    batch at a time, written, and let go before the next, then read back memory-mapped to
+    batch at a time (by `fill`, `fill_shards` unless given), written, and let go, then read back memory-mapped to
     tune nprobe. An empty set has no files and no shards.
     """
     n = len(vectors)
@@ -274,10 +296,13 @@ def _new_set(
     queries = held[np.searchsorted(wanted, eval_rows)]
     del held, sample
     (root / prefix).mkdir(parents=True, exist_ok=True)
-    truth, entries = None, []
-    for number, (a, b) in enumerate(_split(n, shards)):
-        shard = faiss.clone_index(trained)
-        truth = _add_batches(shard, vectors, a, b, queries, truth)
+    truth: Truth | None = None
+    entries = []
+    ranges = _split(n, shards)
+    filled = (fill or fill_shards)(trained, vectors, ranges, queries)
+    for number, ((a, _), (shard, found)) in enumerate(zip(ranges, filled)):
+        k = min(TRUTH_K, found[1].shape[1] + (0 if truth is None else truth[1].shape[1]))
+        truth = found if truth is None else fx.merge_results(truth, found, k)
         entries.append(_write_shard(root, prefix, number, shard, a))
         del shard
     assert truth is not None
@@ -301,7 +326,7 @@ def _grow_set(
     shard = faiss.read_index(str(trained))
     queries = np.load(tmp / prefix / "eval" / "queries.npy")
     truth = (np.load(tmp / prefix / "eval" / "truth_scores.npy"), np.load(tmp / prefix / "eval" / "truth_ids.npy"))
-    truth = _add_batches(shard, vectors, 0, len(vectors), queries, truth, first)
+    truth = add_batches(shard, vectors.batches(0, len(vectors)), queries, truth, first)
     entry = _write_shard(tmp, prefix, len(vset.shards), shard, first)
     del shard
     _save_eval(tmp / prefix, queries, truth)
@@ -324,6 +349,7 @@ def build(
     source: str = "",
     images: ImageVectors | None = None,
     copy_of: np.ndarray | None = None,
+    fill: ShardFill | None = None,
 ) -> Manifest:
     """Write a new index folder at `out` (replacing any old one atomically) and return its manifest.
 
@@ -333,6 +359,7 @@ def build(
     are read from the shard files as queries need them (see `fx.choose_factory`). The text set may be empty when
     there are images. `copy_of` gives, per row, the row whose vector stands for it (-1: none),
     for rows left out of the vector set as near-copies; they are kept in a `copies` table.
+    `fill` fills the shards of both sets (`fill_shards`, one after another, unless given).
     """
     vectors = as_stream(vectors)
     if len(vectors) == 0 and (images is None or len(images.vectors) == 0):
@@ -341,7 +368,15 @@ def build(
     version = _current_version(Path(out)) + 1
     with atomic_folder(out) as tmp:
         text = _new_set(
-            tmp, "", vectors, embedder, factory=factory, shards=shards, memory_budget=memory_budget, on_disk=on_disk
+            tmp,
+            "",
+            vectors,
+            embedder,
+            factory=factory,
+            shards=shards,
+            memory_budget=memory_budget,
+            on_disk=on_disk,
+            fill=fill,
         )
         _write_table(tmp, table, has_vector, where, source, fresh=True)
         _write_keywords(tmp, None, table, has_vector, where)
@@ -358,6 +393,7 @@ def build(
                 shards=shards,
                 memory_budget=memory_budget,
                 on_disk=on_disk,
+                fill=fill,
             )
             image = dataclasses.replace(image, next_pos=len(images.vectors), missing_media=images.missing)
             _write_image_rows(tmp, 0, images, where)

@@ -29,7 +29,7 @@ from retrieval.index import store
 from retrieval.index.folder import check_replaceable, scratch, writer
 from retrieval.index.manifest import Manifest, read_manifest
 from retrieval.index.reader import IndexReader
-from retrieval.index.store import ImageVectors
+from retrieval.index.store import ImageVectors, ShardFill
 from retrieval.io.media import MediaFetcher, image_sources, images_in_folder
 from retrieval.io.tweets import LoadResult, Reject, load_tweets, write_rejects
 from retrieval.pipeline.embedded import DEFAULT_BATCH, EmbeddedTexts, TextColumn
@@ -254,12 +254,14 @@ def build_index(
     wait: bool = True,
     dedup: float | None = None,
     batch: int = DEFAULT_BATCH,
+    fill: ShardFill | None = None,
 ) -> BuildReport:
     """Build a new index at `out` from a tweet file (parquet, CSV, JSON Lines or xlsx) or a folder
     of images; text vectors unless `text=False`, image vectors when `images` says how. `dedup`
     keeps one text vector per group of near-copies at that cosine; every row stays in the table,
     and `similar` shows the others as the group's near-copies. Texts are embedded and added
     `batch` at a time (all at once with `dedup`, which compares every vector with every other).
+    `fill` fills the shards (one after another here unless given: `distributed.ray_shard_fill`).
 
     Embedding runs unlocked; publishing takes the index's writer lock (waiting for another
     writer unless `wait=False`), so two builds of one index both finish and the last one wins."""
@@ -303,6 +305,7 @@ def build_index(
                 source=str(source),
                 images=image_vectors,
                 copy_of=copy_of,
+                fill=fill,
             )
             used = embedder if text else None
             copies = int((copy_of >= 0).sum()) if copy_of is not None else 0

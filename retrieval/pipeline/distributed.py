@@ -1,23 +1,29 @@
-"""Embedding on a Ray cluster: a pool of actors, each loading the model once, behind the same
-`Embedder` interface as a local model, so the build pipeline (cache, streamed shards, atomic
-publish) runs unchanged on the driver and only the embedding, the hours of a big build, spreads.
+"""A build on a Ray cluster: a pool of actors embeds (each loading the model once), behind the
+same `Embedder` interface as a local model, and Ray tasks fill the shards, behind the same
+`ShardFill` interface as the local loop, so the build pipeline (cache, streamed batches, atomic
+publish) runs unchanged on the driver and only the work spreads.
 
 Ray is optional: `pip install 'ray[data]'` (setup.sh installs the pinned one). A worker that dies
-is restarted by Ray and its batch retried; the driver's cache keeps every batch already returned.
+is restarted by Ray and its batch or shard retried; the driver's cache keeps every batch already
+returned, and the driver alone writes the index folder, so it is published once or not at all.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import faiss
 import numpy as np
 from tqdm import tqdm
 
 from retrieval.embed.text import Embedder, embedder_info
 from retrieval.errors import RetrievalError
+from retrieval.index import store
+from retrieval.index.streams import VectorStream
 
 PIECE = 256
 """Texts per actor call: small enough that every actor of the pool gets a share of a batch."""
@@ -128,3 +134,54 @@ def ray_text_embedder(
     make = functools.partial(text_embedder, name, precision=precision, batch_size=batch_size, threads=1)
     embedder = RayEmbedder(make, workers, cpus=1, gpus=1 if gpus else 0)
     return CachedEmbedder(embedder, embedder.model_id) if cache else embedder
+
+
+def _fill(trained: np.ndarray, batches: list[Any]) -> np.ndarray:
+    """One shard, on a worker: the trained index from its bytes, the vectors from the object store."""
+    ray = _ray()
+    faiss.omp_set_num_threads(1)
+    shard = faiss.deserialize_index(trained)
+    for ref in batches:
+        shard.add(np.ascontiguousarray(ray.get(ref), dtype=np.float32))
+    return faiss.serialize_index(shard)
+
+
+def ray_shard_fill(address: str, *, workers: int | None = None) -> store.ShardFill:
+    """A `ShardFill` of Ray tasks on the cluster at `address`, one per shard, at most `workers`
+    (default: one per CPU of the cluster) at a time: the trained index's bytes go to the object
+    store once, each shard's vectors batch by batch as the driver reads (and embeds) them, and
+    each task sends back its shard's bytes, in order, for the driver to write. The recall
+    queries' exact top-k grows on the driver as the batches pass, as in a local build: a worker's
+    other thread count or CPU would round near-ties apart and pick another of two equal tweets.
+    At most `workers` shards' vectors are in the object store at once (Ray spills them to disk
+    past its memory). The tasks ask Ray for no CPU: the embedding actors hold the cluster's CPUs
+    for the whole build, and a task that waited for one would wait for ever; each runs FAISS on
+    one thread."""
+    ray = _ray()
+    connect(address)
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=0, max_retries=RESTARTS)(_fill)
+
+    def fill(
+        trained: faiss.Index, vectors: VectorStream, ranges: store.Ranges, queries: np.ndarray
+    ) -> Iterator[tuple[faiss.Index, store.Truth]]:
+        empty = ray.put(faiss.serialize_index(trained))
+        running: deque[tuple[Any, store.Truth]] = deque()
+
+        def oldest() -> tuple[faiss.Index, store.Truth]:
+            shard, truth = running.popleft()
+            return faiss.deserialize_index(ray.get(shard)), truth
+
+        for a, b in ranges:
+            truth, batches = None, []
+            for first, batch in vectors.batches(a, b):
+                truth = store.grow_truth(truth, batch, first, queries)
+                batches.append(ray.put(batch))
+            assert truth is not None, "a shard of no rows"
+            running.append((task.remote(empty, batches), truth))
+            if len(running) >= workers:
+                yield oldest()
+        while running:
+            yield oldest()
+
+    return fill

@@ -65,7 +65,10 @@ def index() -> None:
     help="Embed on a Ray cluster ('auto': the local one, started if none runs); the rest of the build stays here.",
 )
 @click.option(
-    "--ray-workers", type=click.IntRange(1), default=None, help="Embedding actors (default: one per CPU/GPU)."
+    "--ray-workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Embedding actors, and shards filled at once (default: one per CPU/GPU).",
 )
 @click.option(
     "--dedup",
@@ -114,10 +117,12 @@ def index_build(
             raise click.ClickException(
                 "image vectors need a CLIP model: give --clip-checkpoint PATH (nothing is downloaded)"
             )
-        embedder = None
-        if text and ray_address:
-            from retrieval.pipeline.distributed import ray_text_embedder
+        embedder, fill = None, None
+        if ray_address:
+            from retrieval.pipeline.distributed import ray_shard_fill, ray_text_embedder
 
+            fill = ray_shard_fill(ray_address, workers=ray_workers)
+        if text and ray_address:
             embedder = ray_text_embedder(
                 model, ray_address, workers=ray_workers, precision=precision, batch_size=batch_size, cache=not no_cache
             )
@@ -138,6 +143,7 @@ def index_build(
             text=text,
             wait=not no_wait,
             dedup=dedup,
+            fill=fill,
             batch=chunk,
         )
     render.vector_sets(out, report.manifest)
