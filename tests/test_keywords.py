@@ -15,6 +15,7 @@ from conftest import BEHAVIOUR, HashEmbedder
 from retrieval import Filters, RetrievalError, add_to_index, build_index, open_index, verify
 from retrieval.apps.cli import cli
 from retrieval.index import keywords
+from retrieval.index.folder import file_entries
 from retrieval.index.keywords import tokenize
 from retrieval.index.manifest import read_manifest
 from retrieval.io.tweets import load_tweets
@@ -102,17 +103,24 @@ def test_an_add_extends_the_keyword_index(tmp_path: Path, index: Path) -> None:
     assert verify(copy) == []
 
 
-def test_an_add_to_an_index_without_keywords_indexes_every_row(tmp_path: Path, index: Path) -> None:
-    """An index from before the keyword index (or with an older format of it) gets a whole one at its next add."""
+@pytest.mark.parametrize("before", ["none", "bm25s"])
+def test_an_add_to_an_index_without_keywords_indexes_every_row(tmp_path: Path, index: Path, before: str) -> None:
+    """An index from before the keyword index (or with bm25s's) says so and gets a whole one at its next add."""
     import shutil
 
     copy = tmp_path / "idx"
     shutil.copytree(index, copy)
     shutil.rmtree(copy / "keywords")
+    if before == "bm25s":
+        (copy / "keywords").mkdir()
+        np.save(copy / "keywords" / "vec_ids.npy", np.arange(600))
     manifest = read_manifest(copy)
-    manifest.replace(files={n: e for n, e in manifest.files.items() if not n.startswith("keywords/")}).write(copy)
-    with pytest.raises(RetrievalError, match="no keyword index"):
-        open_index(copy, embedder=HashEmbedder()).similar("coffee", mode="keyword")
+    manifest.replace(files=file_entries(copy)).write(copy)
+    searcher = open_index(copy, embedder=HashEmbedder())
+    assert searcher.similar("coffee", k=3), "vector search works"
+    message = "no keyword index" if before == "none" else r"keywords: the keyword index is in an older format \(bm25s\)"
+    with pytest.raises(RetrievalError, match=message):
+        searcher.similar("coffee", mode="keyword")
     old = pq.read_table(BEHAVIOUR).slice(0, 600).to_pylist()
     tag, _ = _hashtags(old).most_common(1)[0]
     pq.write_table(pq.read_table(BEHAVIOUR).slice(600, 50), tmp_path / "more.parquet")

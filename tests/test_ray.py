@@ -71,3 +71,16 @@ def test_shards_filled_by_ray_tasks_are_the_local_ones_byte_for_byte(cluster, tm
     assert len(local) == 3 + 1 + 3 and local == spread
     a, b = read_manifest(tmp_path / "local"), read_manifest(tmp_path / "ray")
     assert (a.text.nprobe, a.text.recall_at_10, a.next_id) == (b.text.nprobe, b.text.recall_at_10, b.next_id)
+
+
+def test_a_shard_task_that_fails_is_one_line(cluster) -> None:
+    import faiss
+
+    from retrieval.errors import RetrievalError
+    from retrieval.index.streams import InMemory
+    from retrieval.pipeline.distributed import ray_shard_fill
+
+    fill = ray_shard_fill("auto", workers=1)
+    wrong = InMemory(np.ones((10, 16), np.float32))  # 16-d vectors for an 8-d index
+    with pytest.raises(RetrievalError, match="--ray: a task filling a shard failed"):
+        list(fill(faiss.IndexFlatIP(8), wrong, [(0, 10)], np.ones((2, 16), np.float32)))

@@ -26,7 +26,9 @@ FOLDER = "keywords"
 HEAP_BYTES = 64 * 2**20
 """tantivy's indexing heap: a segment is written each time it fills, so it bounds a build's memory."""
 LOCKS = (".tantivy-meta.lock", ".tantivy-writer.lock")
-"""Empty files tantivy creates to coordinate its readers and writer; not part of the index."""
+"""Empty files tantivy locks to coordinate its readers and writer; not part of the index. Every
+reader opens the first for writing, so a build leaves it with the folder's permissions: a group
+that may write the folder may search it."""
 DEEPEST = 5000
 """The deepest unfiltered ranking read to answer a filtered search before the filter goes into the query."""
 REWRITTEN = ("meta.json", ".managed.json")
@@ -89,10 +91,12 @@ def write(folder: Path, batches: Iterable[tuple[np.ndarray, Sequence[str | None]
             writer.add_document(tantivy.Document(tokens=" ".join(tokenize(text)), vec_id=vec_id))
     writer.commit()
     writer.wait_merging_threads()
+    mode = target.stat().st_mode & 0o666  # the folder's mode follows the umask; tantivy's own files need not
     for lock in LOCKS:
         (target / lock).unlink(missing_ok=True)
-    for name in REWRITTEN:  # tantivy writes them owner-only; the folder's mode follows the umask
-        (target / name).chmod(target.stat().st_mode & 0o666)
+    (target / LOCKS[0]).touch(mode)  # a reader opens it for writing: left to the first reader, only it could
+    for name in (*REWRITTEN, LOCKS[0]):
+        (target / name).chmod(mode)
 
 
 class KeywordIndex:
@@ -109,9 +113,14 @@ class KeywordIndex:
     def open(cls, path: Path) -> KeywordIndex | None:
         """The keyword index of the index at `path`, or None for one built before it existed
         (or before it was kept by tantivy)."""
+        folder = Path(path) / FOLDER
+        if (folder / "vec_ids.npy").exists() and not exists(path):
+            raise RetrievalError(
+                f"{folder}: the keyword index is in an older format (bm25s); the next `index add` or a rebuild"
+                " writes it anew"
+            )
         if not exists(path):
             return None
-        folder = Path(path) / FOLDER
         try:
             return cls(folder)
         except ValueError as e:  # how tantivy reports an index it cannot open

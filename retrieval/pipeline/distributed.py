@@ -170,7 +170,13 @@ def ray_shard_fill(address: str, *, workers: int | None = None) -> store.ShardFi
 
         def oldest() -> tuple[faiss.Index, store.Truth]:
             shard, truth = running.popleft()
-            return faiss.deserialize_index(ray.get(shard)), truth
+            try:
+                return faiss.deserialize_index(ray.get(shard)), truth
+            except ray.exceptions.RayError as e:
+                for other, _ in running:
+                    ray.cancel(other)
+                why = str(e).strip().splitlines()[0]
+                raise RetrievalError(f"--ray: a task filling a shard failed ({why})") from None
 
         for a, b in ranges:
             truth, batches = None, []
