@@ -114,12 +114,12 @@ class KeywordIndex:
         """The keyword index of the index at `path`, or None for one built before it existed
         (or before it was kept by tantivy)."""
         folder = Path(path) / FOLDER
-        if (folder / "vec_ids.npy").exists() and not exists(path):
-            raise RetrievalError(
-                f"{folder}: the keyword index is in an older format (bm25s); the next `index add` or a rebuild"
-                " writes it anew"
-            )
         if not exists(path):
+            if (folder / "vec_ids.npy").exists():
+                raise RetrievalError(
+                    f"{folder}: the keyword index is in an older format (bm25s); the next `index add` or a rebuild"
+                    " writes it anew"
+                )
             return None
         try:
             return cls(folder)

@@ -211,14 +211,19 @@ def _eval_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(EVAL_QUERIES, n), replace=False))
 
 
+def _merge_truth(truth: Truth | None, found: Truth) -> Truth:
+    """The top-k of both, k as deep as the two together reach (up to TRUTH_K)."""
+    if truth is None:
+        return found
+    return fx.merge_results(truth, found, min(TRUTH_K, truth[1].shape[1] + found[1].shape[1]))
+
+
 def grow_truth(truth: Truth | None, batch: np.ndarray, first_id: int, queries: np.ndarray) -> Truth:
     """The queries' exact top-k with one more batch of vectors, whose ids start at first_id."""
-    k = min(TRUTH_K, len(batch) + (0 if truth is None else truth[1].shape[1]))
-    found = fx.exact_search(batch, queries, min(TRUTH_K, len(batch)), first_id)
-    return found if truth is None else fx.merge_results(truth, found, k)
+    return _merge_truth(truth, fx.exact_search(batch, queries, min(TRUTH_K, len(batch)), first_id))
 
 
-def add_batches(
+def _add_batches(
     shard: faiss.Index,
     batches: Iterable[tuple[int, np.ndarray]],
     queries: np.ndarray,
@@ -241,7 +246,7 @@ def fill_shards(
     top-k among its vectors: the local `ShardFill`; `pipeline/distributed.py` has the Ray one."""
     for a, b in ranges:
         shard = faiss.clone_index(trained)
-        truth = add_batches(shard, vectors.batches(a, b), queries)
+        truth = _add_batches(shard, vectors.batches(a, b), queries)
         yield shard, truth
         del shard
 
@@ -301,8 +306,7 @@ def _new_set(
     ranges = _split(n, shards)
     filled = (fill or fill_shards)(trained, vectors, ranges, queries)
     for number, ((a, _), (shard, found)) in enumerate(zip(ranges, filled)):
-        k = min(TRUTH_K, found[1].shape[1] + (0 if truth is None else truth[1].shape[1]))
-        truth = found if truth is None else fx.merge_results(truth, found, k)
+        truth = _merge_truth(truth, found)
         entries.append(_write_shard(root, prefix, number, shard, a))
         del shard
     assert truth is not None
@@ -326,7 +330,7 @@ def _grow_set(
     shard = faiss.read_index(str(trained))
     queries = np.load(tmp / prefix / "eval" / "queries.npy")
     truth = (np.load(tmp / prefix / "eval" / "truth_scores.npy"), np.load(tmp / prefix / "eval" / "truth_ids.npy"))
-    truth = add_batches(shard, vectors.batches(0, len(vectors)), queries, truth, first)
+    truth = _add_batches(shard, vectors.batches(0, len(vectors)), queries, truth, first)
     entry = _write_shard(tmp, prefix, len(vset.shards), shard, first)
     del shard
     _save_eval(tmp / prefix, queries, truth)

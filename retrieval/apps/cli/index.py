@@ -122,10 +122,15 @@ def index_build(
             from retrieval.pipeline.distributed import ray_shard_fill, ray_text_embedder
 
             fill = ray_shard_fill(ray_address, workers=ray_workers)
-        if text and ray_address:
-            embedder = ray_text_embedder(
-                model, ray_address, workers=ray_workers, precision=precision, batch_size=batch_size, cache=not no_cache
-            )
+            if text:
+                embedder = ray_text_embedder(
+                    model,
+                    ray_address,
+                    workers=ray_workers,
+                    precision=precision,
+                    batch_size=batch_size,
+                    cache=not no_cache,
+                )
         elif text:
             embedder = text_embedder(model, batch_size, precision, no_cache)
         report = build_index(
